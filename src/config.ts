@@ -1,0 +1,143 @@
+// Typed configuration from the environment. Production refuses development defaults.
+import path from 'node:path';
+import { z } from 'zod';
+
+const boolean = z.enum(['true', 'false', '1', '0']).transform((v) => v === 'true' || v === '1');
+const seconds = z.coerce.number().int().positive();
+
+const EnvSchema = z.object({
+  NODE_ENV: z.enum(['development', 'production', 'test']).default('development'),
+  ISSUER: z.url().default('https://localhost:3000'),
+  HOST: z.string().default('0.0.0.0'),
+  PORT: z.coerce.number().int().min(0).max(65535).default(3000),
+  MTLS_PORT: z.coerce.number().int().min(0).max(65535).default(3001),
+  /** Public base URL of the mTLS listener (advertised in mtls_endpoint_aliases). */
+  MTLS_BASE_URL: z.url().optional(),
+  DATABASE_URL: z.string().min(1).optional(),
+  DATABASE_POOL_SIZE: z.coerce.number().int().min(1).max(200).default(10),
+  DATA_DIR: z.string().default('./data'),
+  KEYS_DIR: z.string().default('./keys'),
+  LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
+  /** Seed applied on start when the database holds no client and no user (dev only by default). */
+  SEED_FILE: z.string().optional(),
+  DEMO_SEED: boolean.optional(),
+  ACCESS_TOKEN_TTL: seconds.max(3600).default(300),
+  ID_TOKEN_TTL: seconds.max(3600).default(300),
+  REFRESH_TOKEN_TTL: seconds.default(8 * 3600),
+  CLIENT_CREDENTIALS_TTL: seconds.max(3600).default(300),
+  SESSION_TTL: seconds.default(8 * 3600),
+  INTERACTION_TTL: seconds.default(600),
+  GRANT_TTL: seconds.default(8 * 3600),
+  AUTHORIZATION_CODE_TTL: seconds.max(600).default(60),
+  LOGIN_MAX_FAILURES: z.coerce.number().int().min(1).default(5),
+  LOGIN_LOCK_SECONDS: seconds.default(900),
+  /** Seconds between checks for a rotated signing key set on disk. */
+  KEYS_RELOAD_INTERVAL: seconds.default(30),
+  /** Behind a TLS-terminating proxy: trust X-Forwarded-* (oidc-provider `proxy`). */
+  TRUST_PROXY: boolean.default(false),
+});
+
+export type Environment = z.infer<typeof EnvSchema>['NODE_ENV'];
+
+export interface Config {
+  env: Environment;
+  issuer: string;
+  host: string;
+  port: number;
+  mtlsPort: number;
+  mtlsBaseUrl: string;
+  databaseUrl: string | undefined;
+  databasePoolSize: number;
+  dataDir: string;
+  keysDir: string;
+  logLevel: string;
+  seedFile: string | undefined;
+  demoSeed: boolean;
+  trustProxy: boolean;
+  keysReloadIntervalSeconds: number;
+  ttl: {
+    accessToken: number;
+    idToken: number;
+    refreshToken: number;
+    clientCredentials: number;
+    session: number;
+    interaction: number;
+    grant: number;
+    authorizationCode: number;
+  };
+  login: { maxFailures: number; lockSeconds: number };
+}
+
+export class ConfigError extends Error {
+  override name = 'ConfigError';
+}
+
+export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
+  const parsed = EnvSchema.safeParse(env);
+  if (!parsed.success) {
+    const detail = parsed.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; ');
+    throw new ConfigError(`invalid configuration: ${detail}`);
+  }
+  const e = parsed.data;
+  const issuer = e.ISSUER.replace(/\/+$/, '');
+  const issuerUrl = new URL(issuer);
+  const mtlsBaseUrl = (e.MTLS_BASE_URL ?? defaultMtlsBase(issuerUrl, e.MTLS_PORT)).replace(/\/+$/, '');
+
+  const config: Config = {
+    env: e.NODE_ENV,
+    issuer,
+    host: e.HOST,
+    port: e.PORT,
+    mtlsPort: e.MTLS_PORT,
+    mtlsBaseUrl,
+    databaseUrl: e.DATABASE_URL,
+    databasePoolSize: e.DATABASE_POOL_SIZE,
+    dataDir: path.resolve(e.DATA_DIR),
+    keysDir: path.resolve(e.KEYS_DIR),
+    logLevel: e.LOG_LEVEL,
+    seedFile: e.SEED_FILE,
+    demoSeed: e.DEMO_SEED ?? e.NODE_ENV !== 'production',
+    trustProxy: e.TRUST_PROXY,
+    keysReloadIntervalSeconds: e.KEYS_RELOAD_INTERVAL,
+    ttl: {
+      accessToken: e.ACCESS_TOKEN_TTL,
+      idToken: e.ID_TOKEN_TTL,
+      refreshToken: e.REFRESH_TOKEN_TTL,
+      clientCredentials: e.CLIENT_CREDENTIALS_TTL,
+      session: e.SESSION_TTL,
+      interaction: e.INTERACTION_TTL,
+      grant: e.GRANT_TTL,
+      authorizationCode: e.AUTHORIZATION_CODE_TTL,
+    },
+    login: { maxFailures: e.LOGIN_MAX_FAILURES, lockSeconds: e.LOGIN_LOCK_SECONDS },
+  };
+
+  if (config.env === 'production') assertProductionSafe(config);
+  return config;
+}
+
+function defaultMtlsBase(issuer: URL, mtlsPort: number): string {
+  const url = new URL(issuer.href);
+  url.port = String(mtlsPort);
+  return url.href;
+}
+
+function assertProductionSafe(config: Config): void {
+  if (!config.issuer.startsWith('https://')) {
+    throw new ConfigError('production requires an https:// ISSUER');
+  }
+  if (!config.mtlsBaseUrl.startsWith('https://')) {
+    throw new ConfigError('production requires an https:// MTLS_BASE_URL');
+  }
+  if (!config.databaseUrl) {
+    throw new ConfigError('production requires DATABASE_URL (the embedded database is for development only)');
+  }
+  if (config.demoSeed) {
+    throw new ConfigError('production refuses DEMO_SEED=true');
+  }
+}
+
+/** The longest time a token signed by a key can stay valid: how long a retired key stays published. */
+export function maxSignedTokenLifetime(config: Config): number {
+  return Math.max(config.ttl.accessToken, config.ttl.idToken, config.ttl.clientCredentials);
+}

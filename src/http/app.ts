@@ -1,0 +1,163 @@
+// The koa application: request ids, security headers, health checks, our pages, then oidc-provider.
+import { randomUUID } from 'node:crypto';
+import fs from 'node:fs/promises';
+import querystring from 'node:querystring';
+import { fileURLToPath } from 'node:url';
+
+import Koa from 'koa';
+import mount from 'koa-mount';
+import type Provider from 'oidc-provider';
+
+import type { Db } from '../db/index.ts';
+import { DatabaseUnavailableError } from '../db/db.ts';
+import type { Logger } from '../log.ts';
+import type { JwtAccessTokenRegistry } from '../oidc/jwt-access-tokens.ts';
+import { errorPage } from '../../views/messages.ts';
+import { HttpError, readRawBody } from './body.ts';
+
+export interface ProviderHandle {
+  provider: Provider;
+  jwtAccessTokens: JwtAccessTokenRegistry;
+  /** Public signing keys, to verify our own JWTs at introspection/revocation. */
+  publicJwks: { keys: Record<string, unknown>[] };
+}
+
+export interface AppDeps {
+  db: Db;
+  logger: Logger;
+  issuer: string;
+  trustProxy: boolean;
+  current: () => ProviderHandle;
+  routes: Koa.Middleware[];
+}
+
+const REQUEST_ID = /^[A-Za-z0-9._:-]{1,128}$/;
+const STYLESHEET = fileURLToPath(new URL('../../views/static/app.css', import.meta.url));
+// oidc-provider's own form-body limit; we read the same bodies before it does.
+const TOKEN_BODY_LIMIT = 56 * 1024;
+const TOKEN_MANAGEMENT_PATHS = new Set(['/token/introspection', '/token/revocation']);
+
+const CSP = [
+  "default-src 'none'",
+  "style-src 'self'",
+  "img-src 'self'",
+  "script-src 'self'",
+  "connect-src 'self'",
+  "base-uri 'none'",
+  "frame-ancestors 'none'",
+].join('; ');
+
+function wantsHtml(ctx: Koa.Context) {
+  return ctx.accepts('json', 'html') === 'html';
+}
+
+function sendError(ctx: Koa.Context, status: number, error: string, description: string) {
+  ctx.status = status;
+  ctx.set('Cache-Control', 'no-store');
+  if (wantsHtml(ctx)) {
+    ctx.type = 'html';
+    ctx.body = errorPage(error, description);
+  } else {
+    ctx.body = { error, error_description: description };
+  }
+}
+
+export function createApp(deps: AppDeps): Koa {
+  const app = new Koa({ proxy: deps.trustProxy });
+  const mounted = new WeakMap<Provider, Koa.Middleware>();
+  const providerMiddleware = (provider: Provider) => {
+    let middleware = mounted.get(provider);
+    if (!middleware) {
+      middleware = mount(provider.app as unknown as Koa) as unknown as Koa.Middleware;
+      mounted.set(provider, middleware);
+    }
+    return middleware;
+  };
+  let stylesheet: Promise<Buffer> | undefined;
+
+  app.use(async (ctx, next) => {
+    const incoming = ctx.get('X-Request-Id');
+    const requestId = REQUEST_ID.test(incoming) ? incoming : randomUUID();
+    ctx.state.requestId = requestId;
+    ctx.set('X-Request-Id', requestId);
+    ctx.set('Strict-Transport-Security', 'max-age=63072000; includeSubDomains');
+    ctx.set('X-Content-Type-Options', 'nosniff');
+    ctx.set('Referrer-Policy', 'no-referrer');
+    ctx.set('Content-Security-Policy', CSP);
+    ctx.set('X-Frame-Options', 'DENY');
+    await next();
+  });
+
+  // Our own routes fail with clear OAuth-style errors; oidc-provider handles its routes itself.
+  app.use(async (ctx, next) => {
+    try {
+      await next();
+    } catch (err) {
+      if (err instanceof HttpError) return sendError(ctx, err.status, err.error, err.description);
+      if (err instanceof DatabaseUnavailableError) return sendError(ctx, 503, err.error, err.error_description);
+      const e = err as { status?: number; expose?: boolean; error?: string; error_description?: string; message?: string };
+      if (e.expose && e.status && e.status < 500) {
+        return sendError(ctx, e.status, e.error ?? 'invalid_request', e.error_description ?? e.message ?? 'invalid request');
+      }
+      deps.logger.error({ err: { name: (err as Error).name, message: (err as Error).message }, requestId: ctx.state.requestId, path: ctx.path }, 'unhandled error');
+      sendError(ctx, 500, 'server_error', 'the server could not complete the request');
+    }
+  });
+
+  app.use(async (ctx, next) => {
+    if (ctx.method !== 'GET' && ctx.method !== 'HEAD') return next();
+    if (ctx.path === '/healthz') {
+      ctx.body = { status: 'ok' };
+      return;
+    }
+    if (ctx.path === '/readyz') {
+      try {
+        await deps.db.ping();
+        ctx.body = { status: 'ready' };
+      } catch {
+        ctx.status = 503;
+        ctx.body = { status: 'unavailable', error: 'temporarily_unavailable' };
+      }
+      return;
+    }
+    if (ctx.path === '/static/app.css') {
+      stylesheet ??= fs.readFile(STYLESHEET);
+      ctx.type = 'text/css';
+      ctx.set('Cache-Control', 'public, max-age=3600');
+      ctx.body = await stylesheet;
+      return;
+    }
+    return next();
+  });
+
+  // JWT access tokens at introspection/revocation: swap a verified JWT for a one-request handle.
+  app.use(async (ctx, next) => {
+    if (ctx.method !== 'POST' || !TOKEN_MANAGEMENT_PATHS.has(ctx.path) || !ctx.is('application/x-www-form-urlencoded')) {
+      return next();
+    }
+    const { jwtAccessTokens, publicJwks } = deps.current();
+    const raw = await readRawBody(ctx, TOKEN_BODY_LIMIT).catch(() => {
+      throw new HttpError(400, 'invalid_request', 'request body too large');
+    });
+    // Parsed as oidc-provider parses it (repeated parameters become arrays, which it then refuses).
+    const body = querystring.parse(raw.toString('utf8'));
+    let handle: string | undefined;
+    if (typeof body.token === 'string') {
+      handle = await jwtAccessTokens.substitute(body.token, publicJwks as never, deps.issuer);
+      if (handle) body.token = handle;
+    }
+    // oidc-provider accepts a body parsed upstream.
+    (ctx.request as unknown as { body: unknown }).body = body;
+    try {
+      await next();
+    } finally {
+      if (handle) jwtAccessTokens.release(handle);
+    }
+  });
+
+  for (const route of deps.routes) app.use(route);
+
+  app.use((ctx, next) => providerMiddleware(deps.current().provider)(ctx, next));
+
+  return app;
+}

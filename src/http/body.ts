@@ -1,0 +1,35 @@
+// Reads small urlencoded form bodies for our own pages, with a hard size limit.
+import type { Context } from 'koa';
+
+export class HttpError extends Error {
+  constructor(readonly status: number, readonly error: string, readonly description: string) {
+    super(error);
+  }
+}
+
+export async function readRawBody(ctx: Context, limit: number): Promise<Buffer> {
+  const declared = ctx.request.length;
+  if (declared !== undefined && declared > limit) throw new HttpError(413, 'invalid_request', 'request body too large');
+  const chunks: Buffer[] = [];
+  let received = 0;
+  for await (const chunk of ctx.req) {
+    received += (chunk as Buffer).length;
+    if (received > limit) throw new HttpError(413, 'invalid_request', 'request body too large');
+    chunks.push(chunk as Buffer);
+  }
+  return Buffer.concat(chunks, received);
+}
+
+/** Parses application/x-www-form-urlencoded; refuses other types and repeated parameters. */
+export async function readForm(ctx: Context, limit = 16 * 1024): Promise<Map<string, string>> {
+  if (!ctx.is('application/x-www-form-urlencoded')) {
+    throw new HttpError(415, 'invalid_request', 'only application/x-www-form-urlencoded bodies are supported');
+  }
+  const params = new URLSearchParams((await readRawBody(ctx, limit)).toString('utf8'));
+  const form = new Map<string, string>();
+  for (const [key, value] of params) {
+    if (form.has(key)) throw new HttpError(400, 'invalid_request', `parameter ${key} must appear once`);
+    form.set(key, value);
+  }
+  return form;
+}

@@ -1,0 +1,92 @@
+// Login, consent and abort for oidc-provider interactions (/interaction/:uid/...).
+import type Koa from 'koa';
+import type { Context } from 'koa';
+import type Provider from 'oidc-provider';
+
+import { findUserById } from '../accounts/users.ts';
+import type { Db } from '../db/index.ts';
+import { readForm } from '../http/body.ts';
+import type { Logger } from '../log.ts';
+import { loginPage } from '../../views/login.ts';
+import { consentPage } from '../../views/consent.ts';
+import { describeScopes } from './scope-descriptions.ts';
+import { authenticatePassword, type PasswordLogin } from './password-login.ts';
+import { grantConsent } from './consent.ts';
+
+const ROUTE = /^\/interaction\/([A-Za-z0-9_-]{10,64})(?:\/(login|confirm|abort))?$/;
+
+export interface InteractionDeps {
+  getProvider: () => Provider;
+  db: Db;
+  passwordLogin: PasswordLogin;
+  logger: Logger;
+}
+
+function send(ctx: Context, body: string) {
+  ctx.type = 'html';
+  ctx.set('Cache-Control', 'no-store');
+  ctx.body = body;
+}
+
+export function interactionRoutes(deps: InteractionDeps): Koa.Middleware {
+  return async (ctx, next) => {
+    const match = ROUTE.exec(ctx.path);
+    if (!match) return next();
+    const [, uid, action] = match;
+    const provider = deps.getProvider();
+    // Throws SessionNotFound (400) for an unknown, expired or cookie-less interaction.
+    const details = await provider.interactionDetails(ctx.req, ctx.res);
+    if (details.uid !== uid) return next();
+    const client = await provider.Client.find(String(details.params.client_id));
+    const clientName = client?.clientName ?? String(details.params.client_id);
+    const base = `/interaction/${uid}`;
+
+    if (!action && ctx.method === 'GET') {
+      if (details.prompt.name === 'login') {
+        return send(ctx, loginPage({ action: `${base}/login`, abortAction: `${base}/abort`, clientName }));
+      }
+      if (details.prompt.name === 'consent') {
+        const user = details.session?.accountId ? await findUserById(deps.db, details.session.accountId) : undefined;
+        return send(ctx, consentPage({
+          action: `${base}/confirm`,
+          abortAction: `${base}/abort`,
+          clientName,
+          userName: user?.displayName ?? user?.username ?? 'unknown user',
+          items: describeScopes(details),
+        }));
+      }
+      ctx.throw(400, 'unsupported interaction prompt');
+    }
+    if (ctx.method !== 'POST' || !action) {
+      ctx.status = 405;
+      ctx.body = { error: 'invalid_request', error_description: 'method not allowed' };
+      return;
+    }
+
+    const form = await readForm(ctx);
+    if (action === 'abort') {
+      return provider.interactionFinished(ctx.req, ctx.res, {
+        error: 'access_denied',
+        error_description: 'end-user cancelled the request',
+      }, { mergeWithLastSubmission: false });
+    }
+    if (action === 'login') {
+      if (details.prompt.name !== 'login') ctx.throw(400, 'interaction is not at the login step');
+      const username = form.get('username') ?? '';
+      const outcome = await authenticatePassword(deps.passwordLogin, username, form.get('password') ?? '');
+      if (!outcome.ok) {
+        ctx.status = outcome.locked ? 429 : 401;
+        return send(ctx, loginPage({
+          action: `${base}/login`, abortAction: `${base}/abort`, clientName, username: username.slice(0, 63), error: outcome.message,
+        }));
+      }
+      return provider.interactionFinished(ctx.req, ctx.res, {
+        login: { accountId: outcome.user.id, acr: outcome.acr, amr: [...outcome.amr], remember: false },
+      }, { mergeWithLastSubmission: false });
+    }
+    // confirm
+    if (details.prompt.name !== 'consent') ctx.throw(400, 'interaction is not at the consent step');
+    const consent = await grantConsent(provider, details);
+    return provider.interactionFinished(ctx.req, ctx.res, { consent }, { mergeWithLastSubmission: true });
+  };
+}

@@ -1,0 +1,163 @@
+// oidc-provider storage adapter on our Db: one table for every model, plus the clients table.
+// Nothing lives in process memory, so any number of processes serve one issuer.
+import type { Adapter, AdapterConstructor, AdapterPayload } from 'oidc-provider';
+import { errors } from 'oidc-provider';
+
+import type { Db, Queryable } from '../db/index.ts';
+
+interface PayloadRow extends Record<string, unknown> {
+  payload: AdapterPayload;
+  consumed_at: Date | string | null;
+}
+
+const epoch = (value: Date | string) => Math.floor(new Date(value).getTime() / 1000);
+
+function withConsumed(row: PayloadRow | undefined): AdapterPayload | undefined {
+  if (!row) return undefined;
+  return row.consumed_at ? { ...row.payload, consumed: epoch(row.consumed_at) } : row.payload;
+}
+
+function serialise(payload: AdapterPayload): string {
+  const json = JSON.stringify(payload);
+  // PostgreSQL jsonb cannot hold NUL; such input is malformed, not a server fault.
+  if (json.includes('\\u0000')) throw new errors.InvalidRequest('request contains a NUL character');
+  return json;
+}
+
+const NOT_EXPIRED = '(expires_at IS NULL OR expires_at > now())';
+
+/** Deletes every stored artefact of a grant (tokens, codes, the grant itself) in one statement. */
+export async function revokeGrant(db: Queryable, grantId: string): Promise<number> {
+  const result = await db.query(
+    `DELETE FROM oidc_payloads WHERE grant_id = $1 OR (model = 'Grant' AND id = $1)`,
+    [grantId],
+  );
+  return result.rowCount;
+}
+
+/** Removes expired rows; returns how many. Called on a timer by every process (cheap, idempotent). */
+export async function sweepExpired(db: Queryable): Promise<number> {
+  const result = await db.query('DELETE FROM oidc_payloads WHERE expires_at <= now()');
+  return result.rowCount;
+}
+
+class PayloadAdapter implements Adapter {
+  constructor(private readonly db: Db, private readonly model: string) {}
+
+  async upsert(id: string, payload: AdapterPayload, expiresIn?: number): Promise<void> {
+    const json = serialise(payload);
+    if (this.model === 'ReplayDetection') {
+      // Atomic "first one wins": oidc-provider's find-then-save would let two processes both pass.
+      const inserted = await this.db.query(
+        `INSERT INTO oidc_payloads (model, id, payload, expires_at)
+         VALUES ($1, $2, $3::jsonb, now() + make_interval(secs => $4))
+         ON CONFLICT (model, id) DO UPDATE SET payload = EXCLUDED.payload, expires_at = EXCLUDED.expires_at
+           WHERE oidc_payloads.expires_at <= now()`,
+        [this.model, id, json, expiresIn ?? 0],
+      );
+      if (inserted.rowCount === 0) throw new errors.InvalidClientAuth('client assertion tokens must only be used once');
+      return;
+    }
+    await this.db.query(
+      `INSERT INTO oidc_payloads (model, id, payload, grant_id, user_code, uid, expires_at)
+       VALUES ($1, $2, $3::jsonb, $4, $5, $6, CASE WHEN $7::double precision IS NULL THEN NULL
+                                                   ELSE now() + make_interval(secs => $7::double precision) END)
+       ON CONFLICT (model, id) DO UPDATE SET payload = EXCLUDED.payload, grant_id = EXCLUDED.grant_id,
+         user_code = EXCLUDED.user_code, uid = EXCLUDED.uid, expires_at = EXCLUDED.expires_at`,
+      [this.model, id, json, payload.grantId ?? null, payload.userCode ?? null, payload.uid ?? null, expiresIn ?? null],
+    );
+  }
+
+  async find(id: string): Promise<AdapterPayload | undefined> {
+    const { rows } = await this.db.query<PayloadRow>(
+      `SELECT payload, consumed_at FROM oidc_payloads WHERE model = $1 AND id = $2 AND ${NOT_EXPIRED}`,
+      [this.model, id],
+    );
+    return withConsumed(rows[0]);
+  }
+
+  async findByUid(uid: string): Promise<AdapterPayload | undefined> {
+    const { rows } = await this.db.query<PayloadRow>(
+      `SELECT payload, consumed_at FROM oidc_payloads WHERE model = $1 AND uid = $2 AND ${NOT_EXPIRED} LIMIT 1`,
+      [this.model, uid],
+    );
+    return withConsumed(rows[0]);
+  }
+
+  async findByUserCode(userCode: string): Promise<AdapterPayload | undefined> {
+    const { rows } = await this.db.query<PayloadRow>(
+      `SELECT payload, consumed_at FROM oidc_payloads WHERE model = $1 AND user_code = $2 AND ${NOT_EXPIRED} LIMIT 1`,
+      [this.model, userCode],
+    );
+    return withConsumed(rows[0]);
+  }
+
+  /**
+   * Marks the row consumed only if nobody did before (atomic in SQL). oidc-provider checks
+   * `consumed` before calling this, so losing here means another process redeemed it in between:
+   * treat it as the replay it is (revoke the grant, invalid_grant), as oidc-provider does for a
+   * sequential replay.
+   */
+  async consume(id: string): Promise<void> {
+    const { rows } = await this.db.query<{ grant_id: string | null }>(
+      `UPDATE oidc_payloads SET consumed_at = now()
+       WHERE model = $1 AND id = $2 AND consumed_at IS NULL AND ${NOT_EXPIRED} RETURNING grant_id`,
+      [this.model, id],
+    );
+    if (rows.length === 1) return;
+    const { rows: existing } = await this.db.query<{ grant_id: string | null }>(
+      'SELECT grant_id FROM oidc_payloads WHERE model = $1 AND id = $2',
+      [this.model, id],
+    );
+    const grantId = existing[0]?.grant_id;
+    if (grantId) await revokeGrant(this.db, grantId);
+    throw new errors.InvalidGrant('grant source already consumed');
+  }
+
+  async destroy(id: string): Promise<void> {
+    await this.db.query('DELETE FROM oidc_payloads WHERE model = $1 AND id = $2', [this.model, id]);
+  }
+
+  async revokeByGrantId(grantId: string): Promise<void> {
+    await revokeGrant(this.db, grantId);
+  }
+}
+
+/** Clients live in their own table so the admin tools can list and edit them. */
+class ClientAdapter implements Adapter {
+  constructor(private readonly db: Db) {}
+
+  async upsert(id: string, payload: AdapterPayload): Promise<void> {
+    await this.db.query(
+      `INSERT INTO clients (client_id, metadata) VALUES ($1, $2::jsonb)
+       ON CONFLICT (client_id) DO UPDATE SET metadata = EXCLUDED.metadata, updated_at = now()`,
+      [id, serialise(payload)],
+    );
+  }
+
+  async find(id: string): Promise<AdapterPayload | undefined> {
+    const { rows } = await this.db.query<{ metadata: AdapterPayload }>(
+      'SELECT metadata FROM clients WHERE client_id = $1',
+      [id],
+    );
+    return rows[0]?.metadata;
+  }
+
+  async destroy(id: string): Promise<void> {
+    await this.db.query('DELETE FROM clients WHERE client_id = $1', [id]);
+  }
+
+  findByUid(): Promise<undefined> { return Promise.resolve(undefined); }
+  findByUserCode(): Promise<undefined> { return Promise.resolve(undefined); }
+  consume(): Promise<undefined> { return Promise.resolve(undefined); }
+  revokeByGrantId(): Promise<undefined> { return Promise.resolve(undefined); }
+}
+
+export function createAdapter(db: Db): AdapterConstructor {
+  return class StorageAdapter {
+    constructor(model: string) {
+      // Returning an object from a constructor is how oidc-provider's class-style factory gets our instance.
+      return model === 'Client' ? new ClientAdapter(db) : new PayloadAdapter(db, model);
+    }
+  } as unknown as AdapterConstructor;
+}

@@ -1,0 +1,160 @@
+// oidc-provider configuration: what the server issues, to whom, for how long.
+import type { JWK } from 'jose';
+import Provider, { errors, type Configuration, type KoaContextWithOIDC } from 'oidc-provider';
+
+import type { Config } from '../config.ts';
+import type { Db } from '../db/index.ts';
+import type { Logger } from '../log.ts';
+import { errorPage, loggedOutPage, logoutPage } from '../../views/messages.ts';
+import { accountFinder, CLAIMS } from './accounts.ts';
+import { createAdapter } from './adapter.ts';
+import { installClientSecretDigests } from './client-secrets.ts';
+import { JwtAccessTokenRegistry } from './jwt-access-tokens.ts';
+import { findResourceServer } from './resource-servers.ts';
+import {
+  intersectScopes, RESOURCE_SCOPE_METADATA, resourceScopeCeiling, validateResourceScopeMetadata,
+} from './resource-scope-ceiling.ts';
+
+export interface ProviderDeps {
+  config: Config;
+  db: Db;
+  jwks: { keys: JWK[] };
+  cookieKeys: string[];
+  clientSecretKey: string;
+  logger: Logger;
+}
+
+export interface BuiltProvider {
+  provider: Provider;
+  jwtAccessTokens: JwtAccessTokenRegistry;
+}
+
+export const SIGNING_ALG = 'ES256';
+
+// Everything a token carries beyond the standard payload travels in token.extra; the default
+// extraTokenClaims would replace it, so keep it and add the authentication context of the source.
+async function extraTokenClaims(ctx: KoaContextWithOIDC, token: { extra?: Record<string, unknown> }) {
+  const source = ctx?.oidc?.entities?.AuthorizationCode ?? ctx?.oidc?.entities?.RefreshToken;
+  const context: Record<string, unknown> = {};
+  if (source?.acr) context.acr = source.acr;
+  if (source?.amr) context.amr = source.amr;
+  if (source?.authTime) context.auth_time = source.authTime;
+  return { ...context, ...(token.extra ?? {}) };
+}
+
+export function buildProvider(deps: ProviderDeps): BuiltProvider {
+  const { config, db, logger } = deps;
+  const jwtAccessTokens = new JwtAccessTokenRegistry(db);
+
+  const configuration: Configuration = {
+    adapter: createAdapter(db),
+    jwks: deps.jwks as Configuration['jwks'],
+    findAccount: accountFinder(db),
+    claims: CLAIMS,
+    scopes: ['openid', 'offline_access', 'profile', 'fhirUser'],
+    responseTypes: ['code'],
+    pkce: { required: () => true },
+    clientAuthMethods: ['client_secret_basic', 'client_secret_post', 'private_key_jwt', 'none'],
+    clientDefaults: {
+      grant_types: ['authorization_code'],
+      response_types: ['code'],
+      id_token_signed_response_alg: SIGNING_ALG,
+      token_endpoint_auth_method: 'client_secret_basic',
+    },
+    enabledJWA: {
+      // Client secrets are stored as digests, so no HMAC-keyed client algorithms.
+      clientAuthSigningAlgValues: ['ES256', 'PS256', 'RS256', 'EdDSA'],
+      idTokenSigningAlgValues: ['ES256', 'RS256'],
+      userinfoSigningAlgValues: ['ES256', 'RS256'],
+      introspectionSigningAlgValues: ['ES256', 'RS256'],
+      authorizationSigningAlgValues: ['ES256', 'RS256'],
+      requestObjectSigningAlgValues: ['ES256', 'PS256', 'RS256', 'EdDSA'],
+    },
+    cookies: {
+      keys: deps.cookieKeys,
+      long: { signed: true, httpOnly: true, sameSite: 'lax', secure: true },
+      short: { signed: true, httpOnly: true, sameSite: 'lax', secure: true },
+    },
+    ttl: {
+      AccessToken: (_ctx, token) => token.resourceServer?.accessTokenTTL ?? config.ttl.accessToken,
+      AuthorizationCode: config.ttl.authorizationCode,
+      ClientCredentials: (_ctx, token) => token.resourceServer?.accessTokenTTL ?? config.ttl.clientCredentials,
+      IdToken: config.ttl.idToken,
+      RefreshToken: config.ttl.refreshToken,
+      Interaction: config.ttl.interaction,
+      Session: config.ttl.session,
+      Grant: config.ttl.grant,
+    },
+    rotateRefreshToken: true,
+    allowOmittingSingleRegisteredRedirectUri: false,
+    extraClientMetadata: {
+      properties: [RESOURCE_SCOPE_METADATA],
+      validator: validateResourceScopeMetadata,
+    },
+    extraTokenClaims: extraTokenClaims as Configuration['extraTokenClaims'],
+    formats: {
+      customizers: {
+        jwt: async (_ctx, token, jwt) => {
+          await jwtAccessTokens.record(token as never, jwt.payload);
+        },
+      },
+    },
+    interactions: { url: (_ctx, interaction) => `/interaction/${interaction.uid}` },
+    features: {
+      devInteractions: { enabled: false },
+      clientCredentials: { enabled: true },
+      introspection: {
+        enabled: true,
+        // Zero trust: a client may introspect only tokens issued to itself (resource servers get
+        // their own right when they are registered as clients in a later issue).
+        allowedPolicy: async (_ctx, client, token) => token.clientId === client.clientId,
+      },
+      revocation: { enabled: true },
+      userinfo: { enabled: true },
+      rpInitiatedLogout: {
+        enabled: true,
+        logoutSource: async (ctx, form) => {
+          ctx.type = 'html';
+          ctx.body = logoutPage(form);
+        },
+        postLogoutSuccessSource: async (ctx) => {
+          ctx.type = 'html';
+          ctx.body = loggedOutPage(ctx.oidc.client?.clientName);
+        },
+      },
+      resourceIndicators: {
+        enabled: true,
+        defaultResource: async (_ctx, _client, oneOf) => oneOf,
+        useGrantedResource: async () => true,
+        getResourceServerInfo: async (_ctx, indicator, client) => {
+          const rs = await findResourceServer(db, indicator);
+          if (!rs) throw new errors.InvalidTarget('unknown resource indicator');
+          return {
+            // oidc-provider keeps only requested scopes found here, so this makes the grant
+            // requested ∩ resource server ∩ client ceiling for every grant type.
+            scope: intersectScopes(rs.scope, resourceScopeCeiling(client)),
+            audience: rs.identifier,
+            accessTokenFormat: rs.accessTokenFormat,
+            ...(rs.accessTokenTtl ? { accessTokenTTL: rs.accessTokenTtl } : {}),
+            ...(rs.accessTokenFormat === 'jwt' ? { jwt: { sign: { alg: SIGNING_ALG } } } : {}),
+          };
+        },
+      },
+    },
+    renderError: async (ctx, out) => {
+      ctx.type = 'html';
+      ctx.body = errorPage(String(out.error), out.error_description ? String(out.error_description) : undefined);
+    },
+  };
+
+  const provider = new Provider(config.issuer, configuration);
+  provider.proxy = config.trustProxy;
+  installClientSecretDigests(provider, deps.clientSecretKey);
+  jwtAccessTokens.install(provider);
+
+  provider.on('server_error', (ctx: KoaContextWithOIDC, err: Error) => {
+    logger.error({ err: { name: err.name, message: err.message }, path: ctx.path, requestId: ctx.state?.requestId }, 'server_error');
+  });
+
+  return { provider, jwtAccessTokens };
+}

@@ -1,0 +1,193 @@
+// Composition: database -> migrations -> keys -> provider -> koa app -> the two HTTPS listeners.
+import type http from 'node:http';
+import https from 'node:https';
+import type { AddressInfo } from 'node:net';
+import { fileURLToPath } from 'node:url';
+
+import type { JWK } from 'jose';
+import type Provider from 'oidc-provider';
+
+import { LoginThrottle } from './accounts/login-throttle.ts';
+import { countUsers } from './accounts/users.ts';
+import { countClients } from './clients/register.ts';
+import type { Config } from './config.ts';
+import { openDb, type Db } from './db/index.ts';
+import { migrate } from './db/migrate.ts';
+import { createApp, type ProviderHandle } from './http/app.ts';
+import { interactionRoutes } from './interactions/routes.ts';
+import { loadOrCreateTls, type TlsMaterial } from './keystore/pki.ts';
+import { assertNotDev, loadOrCreateSecrets, type ServerSecrets } from './keystore/secrets.ts';
+import { loadOrCreateSigningKeys, providerJwks, signingKeysVersion } from './keystore/signing-keys.ts';
+import type { Logger } from './log.ts';
+import { sweepExpired } from './oidc/adapter.ts';
+import { buildProvider } from './oidc/provider.ts';
+import { applySeed, readSeedFile, type SeedResult } from './seed/seed.ts';
+
+export const DEMO_SEED_FILE = fileURLToPath(new URL('../seeds/demo.json', import.meta.url));
+const SWEEP_INTERVAL_MS = 60_000;
+
+export interface ServerOptions {
+  config: Config;
+  logger: Logger;
+  /** A database opened by the caller (tests); it is not closed by stop(). */
+  db?: Db;
+}
+
+export interface RunningServer {
+  issuer: string;
+  mtlsBaseUrl: string;
+  port: number;
+  mtlsPort: number;
+  db: Db;
+  tls: TlsMaterial;
+  secrets: ServerSecrets;
+  seeded: SeedResult | undefined;
+  provider(): Provider;
+  /** Re-reads the signing keys now (the timer does it every KEYS_RELOAD_INTERVAL seconds). */
+  reloadKeys(): Promise<boolean>;
+  stop(): Promise<void>;
+}
+
+export class StartupError extends Error {
+  override name = 'StartupError';
+}
+
+function listen(server: https.Server, port: number, host: string): Promise<number> {
+  return new Promise((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(port, host, () => {
+      server.off('error', reject);
+      resolve((server.address() as AddressInfo).port);
+    });
+  });
+}
+
+function closeServer(server: https.Server): Promise<void> {
+  return new Promise((resolve) => {
+    server.close(() => resolve());
+    server.closeIdleConnections();
+    // In-flight requests get a moment to finish; then the connections are cut.
+    setTimeout(() => server.closeAllConnections(), 5_000).unref();
+  });
+}
+
+/** With port 0 (tests), the issuer and mTLS base take the ports the listeners actually got. */
+function withPort(base: string, requested: number, actual: number): string {
+  if (requested !== 0) return base;
+  const url = new URL(base);
+  url.port = String(actual);
+  return url.href.replace(/\/+$/, '');
+}
+
+export async function startServer(options: ServerOptions): Promise<RunningServer> {
+  const { config, logger } = options;
+  const production = config.env === 'production';
+  const db = options.db ?? await openDb(config);
+  const ownsDb = !options.db;
+  try {
+    await db.ping();
+  } catch (err) {
+    if (ownsDb) await db.close().catch(() => {});
+    throw new StartupError(`database unreachable (${config.databaseUrl ? 'DATABASE_URL' : 'embedded'}): ${((err as Error).cause as Error | undefined)?.message ?? (err as Error).message}`);
+  }
+  const applied = await migrate(db);
+  if (applied.length) logger.info({ migrations: applied }, 'database migrated');
+
+  const secrets = await loadOrCreateSecrets(config.keysDir, { allowGenerate: !production });
+  const tls = await loadOrCreateTls(config.keysDir, { allowGenerate: !production });
+  let keySet = await loadOrCreateSigningKeys(config.keysDir, { allowGenerate: !production });
+  if (production) {
+    assertNotDev('secrets', secrets.dev);
+    assertNotDev('TLS certificates', tls.dev);
+    assertNotDev('signing keys', keySet.dev);
+  }
+
+  // Listeners open before the provider exists (its issuer needs their ports); until then, 503.
+  let callback: http.RequestListener | undefined;
+  const requestListener: http.RequestListener = (req, res) => {
+    if (!callback) {
+      res.statusCode = 503;
+      res.end();
+      return;
+    }
+    callback(req, res);
+  };
+  const tlsOptions = { cert: tls.certPem, key: tls.keyPem, minVersion: 'TLSv1.2' as const };
+  const browserServer = https.createServer(tlsOptions, requestListener);
+  // The mTLS listener asks for a client certificate but lets oidc-provider decide what it is worth,
+  // so a missing or bad certificate gets an OAuth error instead of a failed handshake.
+  const mtlsServer = https.createServer({ ...tlsOptions, ca: tls.clientCaPem, requestCert: true, rejectUnauthorized: false }, requestListener);
+  const port = await listen(browserServer, config.port, config.host);
+  const mtlsPort = await listen(mtlsServer, config.mtlsPort, config.host);
+  const issuer = withPort(config.issuer, config.port, port);
+  const mtlsBaseUrl = withPort(config.mtlsBaseUrl, config.mtlsPort, mtlsPort);
+  const effective: Config = { ...config, issuer, mtlsBaseUrl };
+
+  const build = (): ProviderHandle => {
+    const jwks = providerJwks(keySet);
+    const built = buildProvider({
+      config: effective, db, logger, jwks, cookieKeys: secrets.cookieKeys, clientSecretKey: secrets.clientSecretKey,
+    });
+    return { ...built, publicJwks: { keys: jwks.keys.map(publicJwk) } };
+  };
+  let current = build();
+  let keysVersion = await signingKeysVersion(config.keysDir);
+
+  let seeded: SeedResult | undefined;
+  const seedFile = config.seedFile ?? (config.demoSeed ? DEMO_SEED_FILE : undefined);
+  if (seedFile && await countUsers(db) === 0 && await countClients(db) === 0) {
+    seeded = await applySeed(db, current.provider, secrets.clientSecretKey, await readSeedFile(seedFile));
+    logger.info({ seedFile, users: seeded.users.length, clients: seeded.clients.length }, 'empty database seeded');
+  }
+
+  const throttle = new LoginThrottle(db, secrets.auditKey, {
+    maxFailures: config.login.maxFailures, lockSeconds: config.login.lockSeconds, baseDelayMs: 250, maxDelayMs: 4_000,
+  });
+  callback = createApp({
+    db,
+    logger,
+    issuer,
+    trustProxy: config.trustProxy,
+    current: () => current,
+    routes: [interactionRoutes({ getProvider: () => current.provider, db, passwordLogin: { db, throttle }, logger })],
+  }).callback();
+
+  const reloadKeys = async () => {
+    const version = await signingKeysVersion(config.keysDir);
+    if (version === keysVersion) return false;
+    keySet = await loadOrCreateSigningKeys(config.keysDir, { allowGenerate: false });
+    current = build();
+    keysVersion = version;
+    logger.info({ kids: keySet.keys.map((k) => k.kid) }, 'signing keys reloaded');
+    return true;
+  };
+  const timers = [
+    setInterval(() => { reloadKeys().catch((err: Error) => logger.warn({ err: err.message }, 'signing key reload failed')); },
+      config.keysReloadIntervalSeconds * 1000),
+    setInterval(() => { sweepExpired(db).catch(() => {}); }, SWEEP_INTERVAL_MS),
+  ];
+  for (const timer of timers) timer.unref();
+
+  return {
+    issuer,
+    mtlsBaseUrl,
+    port,
+    mtlsPort,
+    db,
+    tls,
+    secrets,
+    seeded,
+    provider: () => current.provider,
+    reloadKeys,
+    async stop() {
+      for (const timer of timers) clearInterval(timer);
+      await Promise.all([closeServer(browserServer), closeServer(mtlsServer)]);
+      if (ownsDb) await db.close();
+    },
+  };
+}
+
+function publicJwk(jwk: JWK): Record<string, unknown> {
+  const { d: _d, p: _p, q: _q, dp: _dp, dq: _dq, qi: _qi, ...pub } = jwk;
+  return pub;
+}
