@@ -148,6 +148,7 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
     logger,
     issuer,
     trustProxy: config.trustProxy,
+    cookieKeys: secrets.cookieKeys,
     current: () => current,
     routes: [interactionRoutes({ getProvider: () => current.provider, db, passwordLogin: { db, throttle }, logger })],
   }).callback();

@@ -27,6 +27,8 @@ export interface AppDeps {
   logger: Logger;
   issuer: string;
   trustProxy: boolean;
+  /** oidc-provider's cookie keys: mounted, it signs cookies through this app's context. */
+  cookieKeys: string[];
   current: () => ProviderHandle;
   routes: Koa.Middleware[];
 }
@@ -63,12 +65,12 @@ function sendError(ctx: Koa.Context, status: number, error: string, description:
 }
 
 export function createApp(deps: AppDeps): Koa {
-  const app = new Koa({ proxy: deps.trustProxy });
+  const app = new Koa({ proxy: deps.trustProxy, keys: deps.cookieKeys });
   const mounted = new WeakMap<Provider, Koa.Middleware>();
   const providerMiddleware = (provider: Provider) => {
     let middleware = mounted.get(provider);
     if (!middleware) {
-      middleware = mount(provider.app as unknown as Koa) as unknown as Koa.Middleware;
+      middleware = mount(provider as unknown as Koa) as unknown as Koa.Middleware;
       mounted.set(provider, middleware);
     }
     return middleware;

@@ -92,7 +92,7 @@ export async function startTestServer(options: TestServerOptions = {}): Promise<
     LOGIN_LOCK_SECONDS: '60',
     ...options.env,
   });
-  const server = await startServer({ config, logger: createLogger('silent'), db: testDb.db });
+  const server = await startServer({ config, logger: createLogger(process.env.TEST_LOG_LEVEL ?? 'silent'), db: testDb.db });
   if (options.seed !== null) {
     await applySeed(testDb.db, server.provider(), server.secrets.clientSecretKey, options.seed ?? TEST_SEED);
   }

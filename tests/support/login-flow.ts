@@ -1,0 +1,72 @@
+// Drives the real login and consent pages over HTTPS the way a browser would (cookies, redirects).
+import type { TestServer } from './test-server.ts';
+
+export class CookieJar {
+  private readonly cookies = new Map<string, string>();
+
+  store(headers: Headers): void {
+    for (const line of headers.getSetCookie()) {
+      const [pair] = line.split(';');
+      const eq = pair!.indexOf('=');
+      const name = pair!.slice(0, eq).trim();
+      const value = pair!.slice(eq + 1).trim();
+      if (/expires=Thu, 01 Jan 1970/i.test(line) || value === '') this.cookies.delete(name);
+      else this.cookies.set(name, value);
+    }
+  }
+
+  header(): string {
+    return [...this.cookies].map(([k, v]) => `${k}=${v}`).join('; ');
+  }
+}
+
+export interface Step {
+  status: number;
+  location: string | null;
+  body: string;
+}
+
+export class Browser {
+  readonly jar = new CookieJar();
+  constructor(private readonly ts: TestServer) {}
+
+  async get(url: string | URL): Promise<Step> {
+    const res = await this.ts.fetch(url, { headers: { cookie: this.jar.header(), accept: 'text/html' } });
+    this.jar.store(res.headers as unknown as Headers);
+    return { status: res.status, location: res.headers.get('location'), body: await res.text() };
+  }
+
+  async post(url: string | URL, fields: Record<string, string>): Promise<Step> {
+    const res = await this.ts.fetch(url, {
+      method: 'POST',
+      body: new URLSearchParams(fields).toString(),
+      headers: { cookie: this.jar.header(), accept: 'text/html', 'content-type': 'application/x-www-form-urlencoded' },
+    });
+    this.jar.store(res.headers as unknown as Headers);
+    return { status: res.status, location: res.headers.get('location'), body: await res.text() };
+  }
+
+  /** Follows redirects on the server until one leaves it (to the client's redirect_uri) or a page renders. */
+  async follow(step: Step): Promise<Step> {
+    let current = step;
+    while (current.location && current.status >= 300 && current.status < 400) {
+      const next = new URL(current.location, this.ts.issuer);
+      if (next.origin !== new URL(this.ts.issuer).origin) return current;
+      current = await this.get(next);
+    }
+    return current;
+  }
+
+  /** From an authorization URL through login and consent to the final redirect to the client. */
+  async authorize(authorizationUrl: URL, username: string, password: string): Promise<URL> {
+    let step = await this.follow(await this.get(authorizationUrl));
+    const loginAction = /action="(\/interaction\/[^"]+\/login)"/.exec(step.body);
+    if (loginAction) {
+      step = await this.follow(await this.post(new URL(loginAction[1]!, this.ts.issuer), { username, password }));
+    }
+    const confirmAction = /action="(\/interaction\/[^"]+\/confirm)"/.exec(step.body);
+    if (confirmAction) step = await this.follow(await this.post(new URL(confirmAction[1]!, this.ts.issuer), {}));
+    if (!step.location) throw new Error(`authorization did not redirect to the client (status ${step.status}): ${step.body.slice(0, 300)}`);
+    return new URL(step.location);
+  }
+}
