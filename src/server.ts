@@ -71,10 +71,10 @@ function closeServer(server: https.Server): Promise<void> {
   });
 }
 
-/** With port 0 (tests), the issuer and mTLS base take the ports the listeners actually got. */
-function withPort(base: string, requested: number, actual: number): string {
-  if (requested !== 0) return base;
+/** An issuer written with port 0 (tests) takes the port its listener actually got. */
+function withPort(base: string, actual: number): string {
   const url = new URL(base);
+  if (url.port !== '0') return base;
   url.port = String(actual);
   return url.href.replace(/\/+$/, '');
 }
@@ -119,8 +119,8 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
   const mtlsServer = https.createServer({ ...tlsOptions, ca: tls.clientCaPem, requestCert: true, rejectUnauthorized: false }, requestListener);
   const port = await listen(browserServer, config.port, config.host);
   const mtlsPort = await listen(mtlsServer, config.mtlsPort, config.host);
-  const issuer = withPort(config.issuer, config.port, port);
-  const mtlsBaseUrl = withPort(config.mtlsBaseUrl, config.mtlsPort, mtlsPort);
+  const issuer = withPort(config.issuer, port);
+  const mtlsBaseUrl = withPort(config.mtlsBaseUrl, mtlsPort);
   const effective: Config = { ...config, issuer, mtlsBaseUrl };
 
   const build = (): ProviderHandle => {

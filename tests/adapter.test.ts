@@ -1,0 +1,156 @@
+// The oidc-provider adapter on a real database: expiry, consume, revokeByGrantId, replay detection,
+// atomicity across connection pools, and a second server instance seeing what the first wrote.
+import assert from 'node:assert/strict';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { after, before, describe, test } from 'node:test';
+
+import { errors, type Adapter, type AdapterPayload } from 'oidc-provider';
+
+import { migrate } from '../src/db/migrate.ts';
+import { createAdapter, sweepExpired } from '../src/oidc/adapter.ts';
+import { createTestDb, type TestDb } from './support/test-db.ts';
+import { basicAuth, FHIR, form, SERVICE, startTestServer } from './support/test-server.ts';
+
+let testDb: TestDb;
+let adapterFor: (model: string) => Adapter;
+
+before(async () => {
+  testDb = await createTestDb();
+  await migrate(testDb.db);
+  const Adapter = createAdapter(testDb.db);
+  adapterFor = (model) => new Adapter(model);
+});
+after(() => testDb.drop());
+
+const payload = (extra: Partial<AdapterPayload> = {}): AdapterPayload => ({ kind: 'AuthorizationCode', clientId: 'c1', ...extra });
+
+describe('adapter', () => {
+  test('migrations are recorded and applying them again is a no-op', async () => {
+    assert.deepEqual(await migrate(testDb.db), []);
+    const { rows } = await testDb.db.query<{ version: number }>('SELECT version FROM schema_migrations ORDER BY version');
+    assert.ok(rows.length >= 1);
+    assert.equal(rows[0]!.version, 1);
+  });
+
+  test('upsert and find round-trip; expired rows are never returned and are swept', async () => {
+    const codes = adapterFor('AuthorizationCode');
+    await codes.upsert('code-live', payload({ grantId: 'g-live' }), 60);
+    await codes.upsert('code-short', payload(), 1);
+    assert.equal((await codes.find('code-live'))?.grantId, 'g-live');
+    assert.ok(await codes.find('code-short'));
+    await sleep(1_200);
+    assert.equal(await codes.find('code-short'), undefined);
+    assert.ok(await sweepExpired(testDb.db) >= 1);
+    const { rows } = await testDb.db.query("SELECT id FROM oidc_payloads WHERE id = 'code-short'");
+    assert.equal(rows.length, 0);
+    assert.ok(await codes.find('code-live'), 'live rows survive the sweep');
+  });
+
+  test('models are separate namespaces', async () => {
+    await adapterFor('AccessToken').upsert('same-id', { kind: 'AccessToken' }, 60);
+    assert.equal(await adapterFor('RefreshToken').find('same-id'), undefined);
+  });
+
+  test('findByUid and findByUserCode', async () => {
+    await adapterFor('Session').upsert('sess-1', { kind: 'Session', uid: 'uid-1' } as AdapterPayload, 60);
+    assert.equal((await adapterFor('Session').findByUid('uid-1'))?.uid, 'uid-1');
+    assert.equal(await adapterFor('Session').findByUid('uid-unknown'), undefined);
+    await adapterFor('DeviceCode').upsert('dc-1', { kind: 'DeviceCode', userCode: 'ABCD-EFGH' }, 60);
+    assert.equal((await adapterFor('DeviceCode').findByUserCode('ABCD-EFGH'))?.userCode, 'ABCD-EFGH');
+  });
+
+  test('consume marks once; a second consume is invalid_grant and revokes the grant', async () => {
+    const codes = adapterFor('AuthorizationCode');
+    const tokens = adapterFor('AccessToken');
+    await codes.upsert('code-c', payload({ grantId: 'g-c' }), 60);
+    await tokens.upsert('at-c', { kind: 'AccessToken', grantId: 'g-c' }, 60);
+    await codes.consume('code-c');
+    const found = await codes.find('code-c');
+    assert.equal(typeof found?.consumed, 'number');
+    await assert.rejects(codes.consume('code-c'), (err: unknown) => err instanceof errors.InvalidGrant);
+    assert.equal(await tokens.find('at-c'), undefined, 'tokens of the grant are revoked');
+  });
+
+  test('concurrent consume from two connection pools: exactly one wins', async () => {
+    const other = testDb.openAnother() ?? testDb.db; // PGlite: one process, same database
+    const a = adapterFor('AuthorizationCode');
+    const b = new (createAdapter(other))('AuthorizationCode');
+    for (let i = 0; i < 10; i += 1) {
+      await a.upsert(`race-${i}`, payload({ grantId: `g-race-${i}` }), 60);
+      const results = await Promise.allSettled([a.consume(`race-${i}`), b.consume(`race-${i}`)]);
+      assert.equal(results.filter((r) => r.status === 'fulfilled').length, 1, `round ${i}`);
+      const rejected = results.find((r) => r.status === 'rejected') as PromiseRejectedResult;
+      assert.ok(rejected.reason instanceof errors.InvalidGrant);
+    }
+  });
+
+  test('revokeByGrantId removes every artefact of that grant and nothing else', async () => {
+    await adapterFor('Grant').upsert('g-r', { kind: 'Grant', accountId: 'u', clientId: 'c' } as AdapterPayload, 60);
+    await adapterFor('AccessToken').upsert('at-r', { kind: 'AccessToken', grantId: 'g-r' }, 60);
+    await adapterFor('RefreshToken').upsert('rt-r', { kind: 'RefreshToken', grantId: 'g-r' }, 60);
+    await adapterFor('AccessToken').upsert('at-other', { kind: 'AccessToken', grantId: 'g-other' }, 60);
+    await adapterFor('RefreshToken').revokeByGrantId('g-r');
+    assert.equal(await adapterFor('Grant').find('g-r'), undefined);
+    assert.equal(await adapterFor('AccessToken').find('at-r'), undefined);
+    assert.equal(await adapterFor('RefreshToken').find('rt-r'), undefined);
+    assert.ok(await adapterFor('AccessToken').find('at-other'));
+  });
+
+  test('replay detection is atomic: the second sighting of an id is refused until it expires', async () => {
+    const replay = adapterFor('ReplayDetection');
+    const other = new (createAdapter(testDb.openAnother() ?? testDb.db))('ReplayDetection');
+    const results = await Promise.allSettled([
+      replay.upsert('jti-1', { kind: 'ReplayDetection' } as AdapterPayload, 1),
+      other.upsert('jti-1', { kind: 'ReplayDetection' } as AdapterPayload, 1),
+    ]);
+    assert.equal(results.filter((r) => r.status === 'fulfilled').length, 1);
+    assert.ok((results.find((r) => r.status === 'rejected') as PromiseRejectedResult).reason instanceof errors.InvalidClientAuth);
+    await sleep(1_200);
+    await replay.upsert('jti-1', { kind: 'ReplayDetection' } as AdapterPayload, 1);
+  });
+
+  test('payloads with NUL characters are refused as invalid_request, not stored', async () => {
+    await assert.rejects(
+      adapterFor('Interaction').upsert('nul', { kind: 'Interaction', params: { state: 'a\u0000b' } } as AdapterPayload, 60),
+      (err: unknown) => err instanceof errors.InvalidRequest,
+    );
+    assert.equal(await adapterFor('Interaction').find('nul'), undefined);
+  });
+
+  test('clients live in their own table', async () => {
+    const clients = adapterFor('Client');
+    await clients.upsert('client-x', { client_id: 'client-x', redirect_uris: [] } as AdapterPayload);
+    assert.equal((await clients.find('client-x'))?.client_id, 'client-x');
+    await clients.destroy('client-x');
+    assert.equal(await clients.find('client-x'), undefined);
+  });
+});
+
+describe('two server instances on one database', () => {
+  test('a token issued by one is introspected and revoked through the other', async () => {
+    const first = await startTestServer();
+    // Same database, keys and issuer: a second process behind the same load balancer.
+    const second = await startTestServer({
+      testDb: first.testDb, keysDir: first.keysDir, seed: null, env: { ISSUER: first.issuer, MTLS_BASE_URL: first.mtlsBaseUrl },
+    });
+    const port = (ts: typeof first) => ts.server.port;
+    try {
+      const call = (ts: typeof first, path: string, params: Record<string, string>) => ts.fetch(`https://localhost:${port(ts)}${path}`, {
+        method: 'POST',
+        body: new URLSearchParams(params).toString(),
+        headers: { ...form({}).headers, authorization: basicAuth(SERVICE.client_id, SERVICE.client_secret) },
+      });
+      const issued = await call(first, '/token', { grant_type: 'client_credentials', resource: FHIR, scope: 'system/Patient.rs' });
+      assert.equal(issued.status, 200);
+      const { access_token: token } = await issued.json() as { access_token: string };
+      const active = async (ts: typeof first) => ((await (await call(ts, '/token/introspection', { token })).json()) as { active: boolean }).active;
+      assert.equal(await active(second), true, 'the second instance knows the token the first issued');
+      assert.equal((await call(second, '/token/revocation', { token })).status, 200);
+      assert.equal(await active(first), false, 'a revocation through the second holds on the first');
+      assert.equal(await active(second), false);
+    } finally {
+      await second.stop();
+      await first.stop();
+    }
+  });
+});
