@@ -1,0 +1,32 @@
+// `keys rotate`: adds fresh signing keys and retires the active ones. Running servers notice the
+// changed key file within KEYS_RELOAD_INTERVAL seconds and reload it by themselves.
+import path from 'node:path';
+
+import { loadConfig, maxSignedTokenLifetime } from '../../config.ts';
+import { fileExists } from '../../keystore/files.ts';
+import { rotateSigningKeys, SIGNING_KEYS_FILE } from '../../keystore/signing-keys.ts';
+import { CliError, expectPositionals, parseCommandArgs, type Command } from '../context.ts';
+
+export const keysRotateCommand: Command = {
+  name: 'keys rotate',
+  synopsis: '',
+  description: [
+    `Add a new ES256 and RS256 signing key to KEYS_DIR/${SIGNING_KEYS_FILE} and retire the active ones:`,
+    'retired keys no longer sign but stay published for the longest token lifetime plus KEYS_RELOAD_INTERVAL;',
+    'retired keys past that window are removed. Run it from one place at a time.',
+  ],
+  output: '{"added":[kids],"retired":[kids],"removed":[kids]}',
+  async run(args) {
+    const { positionals } = parseCommandArgs(this.name, args, {});
+    expectPositionals(this.name, positionals, []);
+    const config = loadConfig();
+    const file = path.join(config.keysDir, SIGNING_KEYS_FILE);
+    if (!(await fileExists(file))) {
+      throw new CliError(`no signing keys to rotate: ${file} does not exist (check KEYS_DIR)`);
+    }
+    return rotateSigningKeys(config.keysDir, {
+      // A server may sign with the old key until its next reload; those tokens must stay verifiable.
+      retireAfterSeconds: maxSignedTokenLifetime(config) + config.keysReloadIntervalSeconds,
+    });
+  },
+};

@@ -1,0 +1,354 @@
+// The real login form over HTTPS: markup, escaping, generic failures, throttling and lock, consent,
+// body limits and RP-initiated logout.
+import assert from 'node:assert/strict';
+import { createHash, randomBytes } from 'node:crypto';
+import { after, before, describe, test } from 'node:test';
+import { setTimeout as sleep } from 'node:timers/promises';
+
+import { applySeed, SeedSchema } from '../src/seed/seed.ts';
+import { APP, CLINICIAN, startTestServer, type TestServer } from './support/test-server.ts';
+
+type Response = Awaited<ReturnType<TestServer['fetch']>>;
+
+const GENERIC_FAILURE = 'Sign-in failed. Check your username and password, or try again later.';
+const HOSTILE = { client_id: 'hostile-app', redirect_uri: 'https://hostile.test/callback', client_name: '<script>alert("client")</script> & Co' };
+
+/** A tiny browser: a cookie jar (by name; all cookies are sent, whatever their path) and no redirects followed. */
+class Browser {
+  readonly cookies = new Map<string, string>();
+
+  constructor(private readonly ts: TestServer) {}
+
+  async request(url: string | URL, init: { method?: string; body?: string; headers?: Record<string, string> } = {}): Promise<Response> {
+    const target = new URL(url, this.ts.issuer);
+    const headers: Record<string, string> = { accept: 'text/html', ...init.headers };
+    if (this.cookies.size) headers.cookie = [...this.cookies].map(([k, v]) => `${k}=${v}`).join('; ');
+    const res = await this.ts.fetch(target, { method: init.method ?? 'GET', body: init.body, headers });
+    for (const cookie of res.headers.getSetCookie()) {
+      const [pair = '', ...attributes] = cookie.split(';');
+      const eq = pair.indexOf('=');
+      const name = pair.slice(0, eq).trim();
+      const value = pair.slice(eq + 1).trim();
+      const expired = attributes.some((a) => /^\s*expires=Thu, 01 Jan 1970/i.test(a) || /^\s*max-age=0\s*$/i.test(a));
+      if (expired || value === '') this.cookies.delete(name);
+      else this.cookies.set(name, value);
+    }
+    return res;
+  }
+
+  postForm(url: string | URL, params: Record<string, string>, headers: Record<string, string> = {}) {
+    return this.request(url, {
+      method: 'POST',
+      body: new URLSearchParams(params).toString(),
+      headers: { 'content-type': 'application/x-www-form-urlencoded', ...headers },
+    });
+  }
+}
+
+function location(res: Response, base: string): URL {
+  const value = res.headers.get('location');
+  assert.ok(value, `a Location header on ${res.status}`);
+  return new URL(value, base);
+}
+
+interface Started {
+  browser: Browser;
+  interaction: string;
+  state: string;
+  verifier: string;
+}
+
+/** GET /auth with PKCE; returns the login interaction's path. */
+async function startAuthorization(ts: TestServer, browser = new Browser(ts), client: { client_id: string; redirect_uri: string } = APP, extra: Record<string, string> = {}): Promise<Started> {
+  const verifier = randomBytes(32).toString('base64url');
+  const state = randomBytes(8).toString('hex');
+  const url = new URL(`${ts.issuer}/auth`);
+  for (const [k, v] of Object.entries({
+    client_id: client.client_id,
+    response_type: 'code',
+    redirect_uri: client.redirect_uri,
+    scope: 'openid',
+    state,
+    code_challenge: createHash('sha256').update(verifier).digest('base64url'),
+    code_challenge_method: 'S256',
+    ...extra,
+  })) url.searchParams.set(k, v);
+  const res = await browser.request(url);
+  const text = await res.text();
+  assert.equal(res.status, 303, text.slice(0, 300));
+  const to = location(res, ts.issuer);
+  assert.match(to.pathname, /^\/interaction\/[A-Za-z0-9_-]{10,64}$/);
+  return { browser, interaction: to.pathname, state, verifier };
+}
+
+async function login(ts: TestServer, started: Started, username: string, password: string): Promise<{ res: Response; text: string; ms: number }> {
+  const t0 = performance.now();
+  const res = await started.browser.postForm(`${ts.issuer}${started.interaction}/login`, { username, password });
+  const text = await res.text();
+  return { res, text, ms: performance.now() - t0 };
+}
+
+/** The visible error message of a re-rendered login page. */
+function failureMessage(text: string): string | undefined {
+  return /<p class="error" role="alert">([^<]*)<\/p>/.exec(text)?.[1];
+}
+
+function assertGenericFailure(result: { res: Response; text: string }, status: number) {
+  assert.equal(result.res.status, status, result.text.slice(0, 300));
+  assert.match(result.res.headers.get('content-type') ?? '', /^text\/html/);
+  assert.equal(failureMessage(result.text), GENERIC_FAILURE);
+  assert.match(result.text, /name="password"/, 'the form is shown again');
+}
+
+/** Follows redirects on the server's own origin, stopping at the first one that leaves it. */
+async function follow(ts: TestServer, browser: Browser, res: Response): Promise<{ res: Response; url: URL }> {
+  let current = res;
+  let url = new URL(ts.issuer);
+  for (let hops = 0; hops < 10; hops += 1) {
+    if (![302, 303].includes(current.status)) return { res: current, url };
+    url = location(current, ts.issuer);
+    await current.arrayBuffer();
+    if (url.origin !== new URL(ts.issuer).origin) return { res: current, url };
+    current = await browser.request(url);
+  }
+  throw new Error('too many redirects');
+}
+
+/** Logs in and allows consent; returns the redirect to the client. */
+async function signInAndConsent(ts: TestServer, started: Started): Promise<URL> {
+  const { res } = await login(ts, started, CLINICIAN.username, CLINICIAN.password);
+  assert.equal(res.status, 303);
+  const consent = await follow(ts, started.browser, res);
+  assert.equal(consent.res.status, 200);
+  assert.equal(consent.url.pathname, started.interaction, 'back at the same interaction, now for consent');
+  const page = await consent.res.text();
+  assert.match(page, /Allow access\?/);
+  const action = /<form method="post" action="([^"]+\/confirm)"/.exec(page)?.[1];
+  assert.equal(action, `${started.interaction}/confirm`);
+  const allowed = await started.browser.postForm(`${ts.issuer}${action}`, {});
+  assert.equal(allowed.status, 303, await allowed.clone().text());
+  const done = await follow(ts, started.browser, allowed);
+  return done.url;
+}
+
+describe('login page and flow', () => {
+  let ts: TestServer;
+
+  before(async () => {
+    ts = await startTestServer({ env: { LOGIN_MAX_FAILURES: '3' } });
+    await applySeed(ts.testDb.db, ts.server.provider(), ts.server.secrets.clientSecretKey, SeedSchema.parse({
+      clients: [{
+        client_id: HOSTILE.client_id,
+        client_secret: 'hostile-app-secret-0123456789-0123456789',
+        client_name: HOSTILE.client_name,
+        grant_types: ['authorization_code'],
+        redirect_uris: [HOSTILE.redirect_uri],
+        scope: 'openid',
+      }],
+    }));
+  });
+
+  after(async () => {
+    await ts?.stop();
+  });
+
+  test('login page: username and password inputs with the right autocomplete', async () => {
+    const started = await startAuthorization(ts);
+    const res = await started.browser.request(started.interaction);
+    const text = await res.text();
+    assert.equal(res.status, 200);
+    assert.match(res.headers.get('content-type') ?? '', /^text\/html/);
+    assert.match(res.headers.get('cache-control') ?? '', /no-store/);
+    const username = /<input[^>]*\bname="username"[^>]*>/.exec(text)?.[0];
+    const password = /<input[^>]*\bname="password"[^>]*>/.exec(text)?.[0];
+    assert.ok(username, 'a username input');
+    assert.ok(password, 'a password input');
+    assert.match(username, /autocomplete="username"/);
+    assert.match(password, /autocomplete="current-password"/);
+    assert.match(password, /type="password"/);
+    assert.match(text, new RegExp(`<form method="post" action="${started.interaction}/login"`));
+    assert.match(text, /Test App/);
+    assert.doesNotMatch(text, /<script/i, 'no script at all');
+    assert.doesNotMatch(text, /\sstyle=/i, 'no inline style');
+  });
+
+  test('hostile client_name is escaped on the login page', async () => {
+    const started = await startAuthorization(ts, undefined, HOSTILE);
+    const res = await started.browser.request(started.interaction);
+    const text = await res.text();
+    assert.equal(res.status, 200, text.slice(0, 300));
+    assert.doesNotMatch(text, /<script/i);
+    assert.ok(text.includes('&lt;script&gt;alert(&quot;client&quot;)&lt;/script&gt; &amp; Co'), 'client_name echoed escaped');
+  });
+
+  test('hostile username is echoed escaped, never raw', async () => {
+    const started = await startAuthorization(ts);
+    const hostile = '"><script>alert(1)</script>';
+    const result = await login(ts, started, hostile, 'whatever-password');
+    assertGenericFailure(result, 401);
+    assert.doesNotMatch(result.text, /<script/i);
+    assert.ok(result.text.includes('value="&quot;&gt;&lt;script&gt;alert(1)&lt;/script&gt;"'), 'username echoed escaped in the value attribute');
+  });
+
+  test('wrong password and unknown username: same message, same 401', async () => {
+    const started = await startAuthorization(ts);
+    const wrongPassword = await login(ts, started, CLINICIAN.username, 'not-the-password-0000');
+    const unknownUser = await login(ts, started, 'nobody.here', 'not-the-password-0000');
+    assertGenericFailure(wrongPassword, 401);
+    assertGenericFailure(unknownUser, 401);
+    assert.equal(failureMessage(wrongPassword.text), failureMessage(unknownUser.text));
+    // Reset the clinician's counter so other tests start clean.
+    const ok = await login(ts, started, CLINICIAN.username, CLINICIAN.password);
+    assert.equal(ok.res.status, 303);
+  });
+
+  test('lock after LOGIN_MAX_FAILURES: even the right password fails generically (429), delay grows', async () => {
+    const started = await startAuthorization(ts);
+    const first = await login(ts, started, CLINICIAN.username, 'wrong-password-1111');
+    const second = await login(ts, started, CLINICIAN.username, 'wrong-password-2222');
+    const third = await login(ts, started, CLINICIAN.username, 'wrong-password-3333');
+    assertGenericFailure(first, 401);
+    assertGenericFailure(second, 401);
+    assertGenericFailure(third, 429);
+    assert.ok(third.ms > first.ms + 300, `3rd failure (${third.ms.toFixed(0)} ms) slower than the 1st (${first.ms.toFixed(0)} ms)`);
+
+    const correct = await login(ts, started, CLINICIAN.username, CLINICIAN.password);
+    assertGenericFailure(correct, 429);
+    assert.equal(failureMessage(correct.text), failureMessage(first.text));
+    // Usernames are normalised: another spelling is the same locked account.
+    assertGenericFailure(await login(ts, started, ` ${CLINICIAN.username.toUpperCase()} `, CLINICIAN.password), 429);
+  });
+
+  test('unknown usernames are locked the same way', async () => {
+    const started = await startAuthorization(ts);
+    const name = `ghost.${randomBytes(4).toString('hex')}`;
+    const results = [];
+    for (let i = 0; i < 3; i += 1) results.push(await login(ts, started, name, `wrong-password-${i}`));
+    assertGenericFailure(results[0]!, 401);
+    assertGenericFailure(results[1]!, 401);
+    assertGenericFailure(results[2]!, 429);
+    assertGenericFailure(await login(ts, started, name, 'yet-another-password'), 429);
+  });
+
+  test('login POST with a JSON body: 415 invalid_request', async () => {
+    const started = await startAuthorization(ts);
+    const res = await started.browser.request(`${started.interaction}/login`, {
+      method: 'POST',
+      body: JSON.stringify({ username: CLINICIAN.username, password: CLINICIAN.password }),
+      headers: { 'content-type': 'application/json', accept: 'application/json' },
+    });
+    const text = await res.text();
+    assert.equal(res.status, 415, text.slice(0, 300));
+    assert.equal((JSON.parse(text) as { error?: string }).error, 'invalid_request');
+    assert.doesNotMatch(text, /\n\s+at /);
+  });
+
+  test('login POST over 16 KiB: 413', async () => {
+    const started = await startAuthorization(ts);
+    const res = await started.browser.postForm(`${started.interaction}/login`, {
+      username: CLINICIAN.username, password: CLINICIAN.password, padding: 'a'.repeat(17 * 1024),
+    }, { accept: 'application/json' });
+    const text = await res.text();
+    assert.equal(res.status, 413, text.slice(0, 300));
+    assert.equal((JSON.parse(text) as { error?: string }).error, 'invalid_request');
+  });
+});
+
+describe('successful login, consent and logout', () => {
+  let ts: TestServer;
+
+  before(async () => {
+    ts = await startTestServer();
+  });
+
+  after(async () => {
+    await ts?.stop();
+  });
+
+  test('login then Allow redirects to the redirect_uri with code and state', async () => {
+    const started = await startAuthorization(ts);
+    const back = await signInAndConsent(ts, started);
+    assert.equal(`${back.origin}${back.pathname}`, APP.redirect_uri);
+    assert.ok(back.searchParams.get('code'), 'a code');
+    assert.equal(back.searchParams.get('state'), started.state);
+    assert.equal(back.searchParams.get('iss'), ts.issuer);
+    assert.equal(back.searchParams.get('error'), null);
+  });
+
+  test('RP-initiated logout: confirm page with xsrf, logout=yes ends the session', async () => {
+    const browser = new Browser(ts);
+    const started = await startAuthorization(ts, browser);
+    await signInAndConsent(ts, started);
+
+    // The session is live: prompt=none succeeds silently.
+    const silent = await startSilent(ts, browser);
+    assert.ok(silent.get('code'), `prompt=none while signed in: ${silent.toString()}`);
+
+    const end = new URL(`${ts.issuer}/session/end`);
+    end.searchParams.set('client_id', APP.client_id);
+    end.searchParams.set('post_logout_redirect_uri', 'https://app.test/');
+    const page = await browser.request(end);
+    const text = await page.text();
+    assert.equal(page.status, 200, text.slice(0, 300));
+    const formTag = /<form[^>]*id="op\.logoutForm"[^>]*>/.exec(text)?.[0] ?? /<form[^>]*>/.exec(text)?.[0];
+    assert.ok(formTag, 'a logout form');
+    const action = /action="([^"]+)"/.exec(formTag)?.[1];
+    assert.ok(action);
+    assert.equal(new URL(action, ts.issuer).pathname, '/session/end/confirm');
+    assert.match(formTag, /method="post"/i);
+    const xsrf = /<input[^>]*name="xsrf"[^>]*value="([^"]+)"/.exec(text)?.[1];
+    assert.ok(xsrf, 'an xsrf token');
+    assert.match(text, /name="logout" value="yes"/);
+    assert.doesNotMatch(text, /<script/i, 'no inline script (CSP)');
+
+    // A wrong xsrf is refused and leaves the session alone.
+    const forged = await browser.postForm(new URL(action, ts.issuer), { xsrf: 'forged', logout: 'yes' });
+    const forgedText = await forged.text();
+    assert.ok(forged.status >= 400 && forged.status < 500, `forged xsrf: ${forged.status}`);
+    assert.doesNotMatch(forgedText, /\n\s+at /);
+
+    const confirmed = await browser.postForm(new URL(action, ts.issuer), { xsrf, logout: 'yes' });
+    await confirmed.arrayBuffer();
+    assert.equal(confirmed.status, 303);
+    assert.equal(location(confirmed, ts.issuer).href, 'https://app.test/');
+
+    const after = await startSilent(ts, browser);
+    assert.equal(after.get('error'), 'login_required');
+    assert.equal(after.get('code'), null);
+  });
+});
+
+/** GET /auth with prompt=none, following the server's own redirects; returns the client's callback query. */
+async function startSilent(ts: TestServer, browser: Browser): Promise<URLSearchParams> {
+  const verifier = randomBytes(32).toString('base64url');
+  const url = new URL(`${ts.issuer}/auth`);
+  for (const [k, v] of Object.entries({
+    client_id: APP.client_id, response_type: 'code', redirect_uri: APP.redirect_uri, scope: 'openid', state: 'silent', prompt: 'none',
+    code_challenge: createHash('sha256').update(verifier).digest('base64url'), code_challenge_method: 'S256',
+  })) url.searchParams.set(k, v);
+  const { url: landed } = await follow(ts, browser, await browser.request(url));
+  assert.equal(`${landed.origin}${landed.pathname}`, APP.redirect_uri, `landed on ${landed.href}`);
+  assert.equal(landed.searchParams.get('state'), 'silent');
+  return landed.searchParams;
+}
+
+describe('lock expiry', () => {
+  let ts: TestServer;
+
+  before(async () => {
+    ts = await startTestServer({ env: { LOGIN_MAX_FAILURES: '1', LOGIN_LOCK_SECONDS: '2' } });
+  });
+
+  after(async () => {
+    await ts?.stop();
+  });
+
+  test('a lock expires after LOGIN_LOCK_SECONDS', async () => {
+    const started = await startAuthorization(ts);
+    assertGenericFailure(await login(ts, started, CLINICIAN.username, 'wrong-password-1111'), 429);
+    assertGenericFailure(await login(ts, started, CLINICIAN.username, CLINICIAN.password), 429);
+    await sleep(2_500);
+    const ok = await login(ts, started, CLINICIAN.username, CLINICIAN.password);
+    assert.equal(ok.res.status, 303, ok.text.slice(0, 300));
+  });
+});
