@@ -107,7 +107,7 @@ async function follow(ts: TestServer, browser: Browser, res: Response): Promise<
   for (let hops = 0; hops < 10; hops += 1) {
     if (![302, 303].includes(current.status)) return { res: current, url };
     url = location(current, ts.issuer);
-    await current.arrayBuffer();
+    if (!current.bodyUsed) await current.arrayBuffer();
     if (url.origin !== new URL(ts.issuer).origin) return { res: current, url };
     current = await browser.request(url);
   }
