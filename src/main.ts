@@ -1,4 +1,6 @@
 // Entry point: start the server, print how to try it, stop cleanly on SIGTERM/SIGINT.
+import path from 'node:path';
+
 import { ConfigError, loadConfig } from './config.ts';
 import { KeyMaterialError } from './keystore/secrets.ts';
 import { createLogger } from './log.ts';
@@ -10,7 +12,7 @@ async function main() {
   const logger = createLogger(config.logLevel);
   const server = await startServer({ config, logger });
   logger.info({ issuer: server.issuer, mtls: server.mtlsBaseUrl, database: server.db.kind }, 'listening');
-  if (server.seeded) process.stdout.write(tryItGuide(server));
+  if (server.seeded) process.stdout.write(tryItGuide(server, path.relative(process.cwd(), config.keysDir) || '.'));
 
   let stopping = false;
   const stop = (signal: string) => {

@@ -3,7 +3,7 @@ import path from 'node:path';
 
 import type { RunningServer } from './server.ts';
 
-export function tryItGuide(server: Pick<RunningServer, 'issuer' | 'mtlsBaseUrl'> & { tls?: unknown }, keysDir = 'keys'): string {
+export function tryItGuide(server: Pick<RunningServer, 'issuer' | 'mtlsBaseUrl'>, keysDir: string): string {
   const ca = path.join(keysDir, 'tls', 'ca.pem');
   return `
 Clinical AuthZ is running (demo seed loaded).

@@ -120,11 +120,12 @@ async function signInAndConsent(ts: TestServer, started: Started): Promise<URL> 
   assert.equal(res.status, 303);
   const consent = await follow(ts, started.browser, res);
   assert.equal(consent.res.status, 200);
-  assert.equal(consent.url.pathname, started.interaction, 'back at the same interaction, now for consent');
+  assert.match(consent.url.pathname, /^\/interaction\/[A-Za-z0-9_-]{10,64}$/, 'an interaction, now for consent');
   const page = await consent.res.text();
   assert.match(page, /Allow access\?/);
+  assert.match(page, /Test App/);
   const action = /<form method="post" action="([^"]+\/confirm)"/.exec(page)?.[1];
-  assert.equal(action, `${started.interaction}/confirm`);
+  assert.equal(action, `${consent.url.pathname}/confirm`);
   const allowed = await started.browser.postForm(`${ts.issuer}${action}`, {});
   assert.equal(allowed.status, 303, await allowed.clone().text());
   const done = await follow(ts, started.browser, allowed);

@@ -1,7 +1,6 @@
 // The koa application: request ids, security headers, health checks, our pages, then oidc-provider.
 import { randomUUID } from 'node:crypto';
 import fs from 'node:fs/promises';
-import querystring from 'node:querystring';
 import { fileURLToPath } from 'node:url';
 
 import Koa from 'koa';
@@ -13,7 +12,9 @@ import { DatabaseUnavailableError } from '../db/db.ts';
 import type { Logger } from '../log.ts';
 import type { JwtAccessTokenRegistry } from '../oidc/jwt-access-tokens.ts';
 import { errorPage } from '../../views/messages.ts';
-import { HttpError, readRawBody } from './body.ts';
+import { HttpError } from './body.ts';
+import { oauthFormBodies } from './oauth-form-bodies.ts';
+import { rfcErrorCodes } from './rfc-error-codes.ts';
 
 export interface ProviderHandle {
   provider: Provider;
@@ -35,9 +36,6 @@ export interface AppDeps {
 
 const REQUEST_ID = /^[A-Za-z0-9._:-]{1,128}$/;
 const STYLESHEET = fileURLToPath(new URL('../../views/static/app.css', import.meta.url));
-// oidc-provider's own form-body limit; we read the same bodies before it does.
-const TOKEN_BODY_LIMIT = 56 * 1024;
-const TOKEN_MANAGEMENT_PATHS = new Set(['/token/introspection', '/token/revocation']);
 
 const CSP = [
   "default-src 'none'",
@@ -87,7 +85,15 @@ export function createApp(deps: AppDeps): Koa {
     ctx.set('Referrer-Policy', 'no-referrer');
     ctx.set('Content-Security-Policy', CSP);
     ctx.set('X-Frame-Options', 'DENY');
-    await next();
+    const started = performance.now();
+    try {
+      await next();
+    } finally {
+      // Path only: query strings can carry codes and state, bodies carry secrets.
+      deps.logger.info({
+        requestId, method: ctx.method, path: ctx.path, status: ctx.status, ms: Math.round(performance.now() - started),
+      }, 'request');
+    }
   });
 
   // Our own routes fail with clear OAuth-style errors; oidc-provider handles its routes itself.
@@ -132,30 +138,8 @@ export function createApp(deps: AppDeps): Koa {
     return next();
   });
 
-  // JWT access tokens at introspection/revocation: swap a verified JWT for a one-request handle.
-  app.use(async (ctx, next) => {
-    if (ctx.method !== 'POST' || !TOKEN_MANAGEMENT_PATHS.has(ctx.path) || !ctx.is('application/x-www-form-urlencoded')) {
-      return next();
-    }
-    const { jwtAccessTokens, publicJwks } = deps.current();
-    const raw = await readRawBody(ctx, TOKEN_BODY_LIMIT).catch(() => {
-      throw new HttpError(400, 'invalid_request', 'request body too large');
-    });
-    // Parsed as oidc-provider parses it (repeated parameters become arrays, which it then refuses).
-    const body = querystring.parse(raw.toString('utf8'));
-    let handle: string | undefined;
-    if (typeof body.token === 'string') {
-      handle = await jwtAccessTokens.substitute(body.token, publicJwks as never, deps.issuer);
-      if (handle) body.token = handle;
-    }
-    // oidc-provider accepts a body parsed upstream.
-    (ctx.request as unknown as { body: unknown }).body = body;
-    try {
-      await next();
-    } finally {
-      if (handle) jwtAccessTokens.release(handle);
-    }
-  });
+  app.use(oauthFormBodies({ issuer: deps.issuer, current: deps.current }));
+  app.use(rfcErrorCodes);
 
   for (const route of deps.routes) app.use(route);
 
