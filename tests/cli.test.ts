@@ -125,7 +125,7 @@ async function workspace(t: TestContext, options: { database?: 'migrated' | 'non
 }
 
 // The groups are independent (own directories and databases) and run side by side.
-describe('admin CLI', { concurrency: true }, () => {
+describe('admin CLI', { concurrency: false }, () => {
   after(async () => {
     if (template) await rm((await template).dir, { recursive: true, force: true });
   });

@@ -176,6 +176,19 @@ describe('token endpoint refusals', () => {
     await expectJsonError(res, 400, 'invalid_request');
   });
 
+  test('a form body in a charset other than UTF-8: 400 invalid_request', async () => {
+    const res = await post('/token', new URLSearchParams(CC_PARAMS).toString(), {
+      'content-type': 'application/x-www-form-urlencoded; charset=bogus', authorization: SERVICE_AUTH(),
+    });
+    await expectJsonError(res, 400, 'invalid_request');
+  });
+
+  test('a NUL character in a parameter: 400 invalid_request', async () => {
+    const body = `${new URLSearchParams(CC_PARAMS).toString()}&state=a%00b`;
+    const res = await post('/token', body, { 'content-type': 'application/x-www-form-urlencoded', authorization: SERVICE_AUTH() });
+    await expectJsonError(res, 400, 'invalid_request');
+  });
+
   test('grant_type twice: 400 invalid_request', async () => {
     const body = `${new URLSearchParams(CC_PARAMS).toString()}&grant_type=client_credentials`;
     const res = await post('/token', body, { 'content-type': 'application/x-www-form-urlencoded', authorization: SERVICE_AUTH() });

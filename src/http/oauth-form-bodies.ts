@@ -41,7 +41,8 @@ export function oauthFormBodies(deps: { issuer: string; current: () => ProviderH
     if (ctx.method !== 'POST' || ctx.path.startsWith('/interaction/') || !ctx.is('application/x-www-form-urlencoded')) {
       return next();
     }
-    if (ctx.charset && !/^utf-?8$/i.test(ctx.charset)) {
+    const charset = /;\s*charset\s*=\s*"?([^";\s]+)/i.exec(ctx.get('content-type'))?.[1];
+    if (charset && !/^utf-?8$/i.test(charset)) {
       throw new HttpError(400, 'invalid_request', 'only UTF-8 form bodies are supported');
     }
     const raw = await readRawBody(ctx, BODY_LIMIT);
