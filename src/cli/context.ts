@@ -4,15 +4,14 @@ import { readFile } from 'node:fs/promises';
 import { parseArgs, type ParseArgsOptionsConfig } from 'node:util';
 
 import type Provider from 'oidc-provider';
-import { pino } from 'pino';
 
 import type { Config } from '../config.ts';
-import { openDb, type Db } from '../db/index.ts';
-import { migrate } from '../db/migrate.ts';
-import { assertNotDev, loadOrCreateSecrets } from '../keystore/secrets.ts';
-import { loadOrCreateSigningKeys, providerJwks } from '../keystore/signing-keys.ts';
-import { createLogger } from '../log.ts';
-import { buildProvider } from '../oidc/provider.ts';
+import type { Db } from '../db/index.ts';
+import type { ServerSecrets } from '../keystore/secrets.ts';
+import type { SigningKeySet } from '../keystore/signing-keys.ts';
+
+// The database drivers, key store and oidc-provider are imported when a command needs them, so
+// that help and usage errors answer at once.
 
 /** The command line itself is wrong (unknown command or option, missing argument): exit code 2. */
 export class UsageError extends Error {
@@ -94,14 +93,37 @@ export async function closeOpenDatabase(): Promise<void> {
 }
 
 /**
- * Opens the server's database (DATABASE_URL, else the embedded one under DATA_DIR), checks that it
- * answers, applies pending migrations unless told not to, runs fn, and always closes the database.
+ * Runs fn with the server's database (DATABASE_URL, else the embedded one under DATA_DIR) and always
+ * closes it. The database is opened on first use, checked, and migrated unless told not to: a
+ * command that fails validation before touching it never opens it.
  */
 export async function withDatabase<T>(
   config: Config,
   fn: (db: Db) => Promise<T>,
   options: { migrate?: boolean } = {},
 ): Promise<T> {
+  let opening: Promise<Db> | undefined;
+  const real = () => (opening ??= openChecked(config, options.migrate !== false));
+  const db: Db = {
+    kind: config.databaseUrl ? 'postgres' : 'pglite',
+    query: async (sql, params) => (await real()).query(sql, params),
+    exec: async (sql) => (await real()).exec(sql),
+    transaction: async (run) => (await real()).transaction(run),
+    ping: async () => (await real()).ping(),
+    close: async () => {},
+  };
+  try {
+    return await fn(db);
+  } finally {
+    if (opening) {
+      await opening.catch(() => {}); // also when the check or a migration failed: it is open all the same
+      await closeOpenDatabase();
+    }
+  }
+}
+
+async function openChecked(config: Config, runMigrations: boolean): Promise<Db> {
+  const { openDb } = await import('../db/index.ts');
   const where = config.databaseUrl ? 'DATABASE_URL' : `embedded database under ${config.dataDir}`;
   let db: Db;
   try {
@@ -111,20 +133,24 @@ export async function withDatabase<T>(
   }
   openDatabase = db;
   try {
-    try {
-      await db.ping();
-    } catch (err) {
-      const cause = (err as Error).cause as Error | undefined;
-      throw new CliError(`database unreachable (${where}): ${cause?.message ?? (err as Error).message}`);
-    }
-    if (options.migrate !== false) await migrate(db);
-    return await fn(db);
-  } finally {
-    if (openDatabase === db) await closeOpenDatabase();
+    await db.ping();
+  } catch (err) {
+    const cause = (err as Error).cause as Error | undefined;
+    throw new CliError(`database unreachable (${where}): ${cause?.message ?? (err as Error).message}`);
   }
+  if (runMigrations) {
+    const { migrate } = await import('../db/migrate.ts');
+    await migrate(db);
+  }
+  return db;
 }
 
 // ---- key material and oidc-provider ----
+
+export interface KeyMaterial {
+  secrets: ServerSecrets;
+  signingKeys: SigningKeySet;
+}
 
 export interface ProviderContext {
   provider: Provider;
@@ -135,7 +161,9 @@ export interface ProviderContext {
  * The server secrets and signing keys, as the server loads them: generated on first use outside
  * production, required (and refused when marked development-only) in production.
  */
-export async function loadKeyMaterial(config: Config) {
+export async function loadKeyMaterial(config: Config): Promise<KeyMaterial> {
+  const { assertNotDev, loadOrCreateSecrets } = await import('../keystore/secrets.ts');
+  const { loadOrCreateSigningKeys } = await import('../keystore/signing-keys.ts');
   const production = config.env === 'production';
   const secrets = await loadOrCreateSecrets(config.keysDir, { allowGenerate: !production });
   const signingKeys = await loadOrCreateSigningKeys(config.keysDir, { allowGenerate: !production });
@@ -150,7 +178,10 @@ export async function loadKeyMaterial(config: Config) {
  * An oidc-provider configured exactly like the server's, for its client metadata validation.
  * No listener is started; its logs (there should be none) go to stderr.
  */
-export function createProviderContext(config: Config, db: Db, material: Awaited<ReturnType<typeof loadKeyMaterial>>): ProviderContext {
+export async function createProviderContext(config: Config, db: Db, material: KeyMaterial): Promise<ProviderContext> {
+  const [{ pino }, { createLogger }, { providerJwks }, { buildProvider }] = await Promise.all([
+    import('pino'), import('../log.ts'), import('../keystore/signing-keys.ts'), import('../oidc/provider.ts'),
+  ]);
   const logger = createLogger(config.logLevel, pino.destination({ dest: 2, sync: true }));
   const { provider } = buildProvider({
     config,

@@ -16,29 +16,39 @@ for (const method of ['log', 'info', 'debug'] as const) {
   console[method] = (...args: unknown[]) => console.error(...args);
 }
 
-function usage(commands: readonly Command[] = COMMANDS): string {
-  const lines = [
-    'Usage: npm run -s cli -- <command> [options]',
-    '       (-s keeps npm\'s own banner off stdout)',
-    '',
-    'Administers the authorization server with the server\'s configuration from the environment:',
-    'DATABASE_URL (else the embedded database under DATA_DIR), KEYS_DIR, NODE_ENV, ... .',
-    'Stop a server using the embedded database before running commands that use the database.',
-    'A successful command prints one JSON object on stdout; errors are one line on stderr.',
-    'Exit status: 0 success, 1 failure, 2 usage error.',
-    '',
-    'Commands:',
-  ];
-  for (const command of commands) {
-    lines.push('', `  ${[command.name, command.synopsis].filter(Boolean).join(' ')}`);
-    for (const text of command.description) lines.push(`      ${text}`);
-    if (command.options?.length) {
-      const width = Math.max(...command.options.map(([flag]) => flag.length));
-      for (const [flag, text] of command.options) lines.push(`      ${flag.padEnd(width)}  ${text}`);
-    }
-    lines.push(`      Prints ${command.output}`);
+function describeCommand(command: Command): string[] {
+  const lines = [`  ${[command.name, command.synopsis].filter(Boolean).join(' ')}`];
+  for (const text of command.description) lines.push(`      ${text}`);
+  if (command.options?.length) {
+    const width = Math.max(...command.options.map(([flag]) => flag.length));
+    for (const [flag, text] of command.options) lines.push(`      ${flag.padEnd(width)}  ${text}`);
   }
-  lines.push('', '  help [COMMAND]', '      Show this help, or the help of one command (also: --help, -h, COMMAND --help).');
+  lines.push(`      Prints ${command.output}`);
+  return lines;
+}
+
+/** The full usage text, or that of the given commands only (`help user`, `user add --help`). */
+function usage(only?: readonly Command[]): string {
+  const commands = only ?? COMMANDS;
+  const lines = [
+    `Usage: npm run -s cli -- ${only?.length === 1 ? only[0]!.name : '<command>'} [options]`,
+    '       (-s keeps npm\'s own banner off stdout)',
+  ];
+  if (!only) {
+    lines.push(
+      '',
+      'Administers the authorization server with the server\'s configuration from the environment:',
+      'DATABASE_URL (else the embedded database under DATA_DIR), KEYS_DIR, NODE_ENV, ... .',
+      'Stop a server using the embedded database before running commands that use the database.',
+      'A successful command prints one JSON object on stdout; errors are one line on stderr.',
+      'Exit status: 0 success, 1 failure, 2 usage error.',
+    );
+  }
+  lines.push('', only ? 'Command:' : 'Commands:');
+  for (const command of commands) lines.push('', ...describeCommand(command));
+  if (!only) {
+    lines.push('', '  help [COMMAND]', '      Show this help, or the help of one command (also: --help, -h, COMMAND --help).');
+  }
   return `${lines.join('\n')}\n`;
 }
 
@@ -77,9 +87,10 @@ async function runCli(argv: string[]): Promise<number> {
       process.stdout.write(usage());
       return 0;
     }
-    const found = findCommand(others);
-    if (!found || found.rest.length) throw unknownCommand(others);
-    process.stdout.write(usage([found.command]));
+    // `help user` shows every `user ...` command, `help user add` just that one.
+    const matching = COMMANDS.filter((c) => others.every((word, i) => c.name.split(' ')[i] === word));
+    if (matching.length === 0) throw new UsageError(`unknown command '${others.join(' ')}'`);
+    process.stdout.write(usage(matching));
     return 0;
   }
   const found = findCommand(argv);
@@ -99,6 +110,9 @@ function describeError(err: unknown): string {
   const known = ['UsageError', 'CliError', 'ConfigError', 'KeyMaterialError', 'SeedError', 'ClientRegistrationError',
     'UserExistsError', 'StartupError'];
   const message = err.message.replace(/\s*\n\s*/g, ' ').trim();
+  if (err.name === 'DatabaseUnavailableError') {
+    return `database unavailable: ${(err.cause as Error | undefined)?.message ?? message}`;
+  }
   return known.includes(err.name) ? message : `unexpected error: ${message || err.name}`;
 }
 

@@ -4,7 +4,7 @@
 import { randomBytes } from 'node:crypto';
 
 import { createLocalJWKSet, decodeProtectedHeader, jwtVerify, type JSONWebKeySet } from 'jose';
-import type { AdapterPayload, KoaContextWithOIDC } from 'oidc-provider';
+import type { AdapterPayload } from 'oidc-provider';
 import type Provider from 'oidc-provider';
 
 import type { Db } from '../db/index.ts';
@@ -83,9 +83,4 @@ export class JwtAccessTokenRegistry {
 
 function randomHandle(): string {
   return `jwt-handle.${randomBytes(24).toString('base64url')}`;
-}
-
-/** Routes whose `token` parameter may be a JWT access token. */
-export function isTokenManagementRoute(ctx: KoaContextWithOIDC | { path: string; method: string }, routes: string[]): boolean {
-  return ctx.method === 'POST' && routes.includes(ctx.path);
 }

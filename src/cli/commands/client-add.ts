@@ -28,7 +28,7 @@ export const clientAddCommand: Command = {
     }
     const material = await loadKeyMaterial(config);
     return withDatabase(config, async (db) => {
-      const { provider, clientSecretKey } = createProviderContext(config, db, material);
+      const { provider, clientSecretKey } = await createProviderContext(config, db, material);
       try {
         return await registerClient(db, provider, clientSecretKey, metadata);
       } catch (err) {

@@ -22,7 +22,7 @@ export const seedCommand: Command = {
     const seed = await readSeedFile(file!);
     const material = await loadKeyMaterial(config);
     return withDatabase(config, async (db) => {
-      const { provider, clientSecretKey } = createProviderContext(config, db, material);
+      const { provider, clientSecretKey } = await createProviderContext(config, db, material);
       return applySeed(db, provider, clientSecretKey, seed);
     });
   },
