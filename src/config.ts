@@ -2,8 +2,12 @@
 import path from 'node:path';
 import { z } from 'zod';
 
+import { formatIssues } from './validation.ts';
+
 const boolean = z.enum(['true', 'false', '1', '0']).transform((v) => v === 'true' || v === '1');
 const seconds = z.coerce.number().int().positive();
+/** No access token, whatever its resource server, lives longer than this. */
+export const MAX_ACCESS_TOKEN_TTL = 3600;
 
 const EnvSchema = z.object({
   NODE_ENV: z.enum(['development', 'production', 'test']).default('development'),
@@ -75,8 +79,7 @@ export class ConfigError extends Error {
 export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
   const parsed = EnvSchema.safeParse(env);
   if (!parsed.success) {
-    const detail = parsed.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; ');
-    throw new ConfigError(`invalid configuration: ${detail}`);
+    throw new ConfigError(`invalid configuration: ${formatIssues(parsed.error.issues)}`);
   }
   const e = parsed.data;
   const issuer = e.ISSUER.replace(/\/+$/, '');
@@ -139,5 +142,6 @@ function assertProductionSafe(config: Config): void {
 
 /** The longest time a token signed by a key can stay valid: how long a retired key stays published. */
 export function maxSignedTokenLifetime(config: Config): number {
-  return Math.max(config.ttl.accessToken, config.ttl.idToken, config.ttl.clientCredentials);
+  // Resource servers may set their own access token lifetime, up to this cap (see resource-servers.ts).
+  return Math.max(config.ttl.accessToken, config.ttl.idToken, config.ttl.clientCredentials, MAX_ACCESS_TOKEN_TTL);
 }

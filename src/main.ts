@@ -2,6 +2,7 @@
 import path from 'node:path';
 
 import { ConfigError, loadConfig } from './config.ts';
+import { DatabaseInUseError } from './db/pglite.ts';
 import { KeyMaterialError } from './keystore/secrets.ts';
 import { createLogger } from './log.ts';
 import { startServer, StartupError } from './server.ts';
@@ -27,7 +28,8 @@ async function main() {
 
 main().catch((err: unknown) => {
   // One line, no stack: configuration and start-up problems are the operator's to fix.
-  const known = err instanceof ConfigError || err instanceof StartupError || err instanceof KeyMaterialError;
+  const known = err instanceof ConfigError || err instanceof StartupError || err instanceof KeyMaterialError
+    || err instanceof DatabaseInUseError;
   const message = err instanceof Error ? err.message : String(err);
   process.stderr.write(`clinical-authz: ${known ? '' : 'failed to start: '}${message}\n`);
   process.exit(1);

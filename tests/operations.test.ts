@@ -11,6 +11,7 @@ import { after, before, describe, test } from 'node:test';
 import { decodeProtectedHeader } from 'jose';
 
 import { ConfigError, loadConfig } from '../src/config.ts';
+import { createPgliteDb, DatabaseInUseError } from '../src/db/pglite.ts';
 import { KeyMaterialError } from '../src/keystore/secrets.ts';
 import { rotateSigningKeys } from '../src/keystore/signing-keys.ts';
 import { createLogger } from '../src/log.ts';
@@ -189,8 +190,14 @@ describe('graceful shutdown', () => {
     await run.ready;
     const { stdout } = run.output();
     assert.match(stdout, /Sign in as clinician/, 'the demo seed guide is printed on an empty database');
+    // The embedded database is single-process: a second opener is refused while the server runs.
+    const dataDir = path.join(dir, 'data', 'pglite');
+    await assert.rejects(createPgliteDb(dataDir), (e: Error) => e instanceof DatabaseInUseError && /in use by process/.test(e.message));
     run.child.kill('SIGTERM');
     assert.equal(await run.exited, 0);
+    const reopened = await createPgliteDb(dataDir); // the lock is released on shutdown
+    assert.equal((await reopened.query<{ n: number }>('SELECT count(*)::int AS n FROM users')).rows[0]!.n, 1);
+    await reopened.close();
     await fs.rm(dir, { recursive: true, force: true });
   });
 });

@@ -7,8 +7,14 @@ import { z } from 'zod';
 
 import type { Queryable } from '../db/index.ts';
 import { digestClientSecret, generateClientSecret } from '../oidc/client-secrets.ts';
+import { CLIENT_AUTH_METHODS } from '../oidc/provider.ts';
+import { formatIssues } from '../validation.ts';
 
 const SECRET_METHODS = new Set(['client_secret_basic', 'client_secret_post']);
+
+export function usesClientSecret(metadata: { token_endpoint_auth_method?: string | undefined }): boolean {
+  return SECRET_METHODS.has(metadata.token_endpoint_auth_method ?? 'client_secret_basic');
+}
 
 export const ClientMetadataSchema = z.looseObject({
   client_id: z.string().regex(/^[A-Za-z0-9][A-Za-z0-9._-]{2,127}$/, 'client_id must be 3-128 characters of A-Z a-z 0-9 . _ -').optional(),
@@ -37,11 +43,14 @@ export async function registerClient(
 ): Promise<RegisteredClient> {
   const parsed = ClientMetadataSchema.safeParse(input);
   if (!parsed.success) {
-    throw new ClientRegistrationError(parsed.error.issues.map((i) => `${i.path.join('.') || 'client'}: ${i.message}`).join('; '));
+    throw new ClientRegistrationError(formatIssues(parsed.error.issues));
   }
   const metadata: Record<string, unknown> = { ...parsed.data };
   metadata.client_id ??= `client-${randomBytes(12).toString('base64url')}`;
   const method = String(metadata.token_endpoint_auth_method ?? 'client_secret_basic');
+  if (!CLIENT_AUTH_METHODS.includes(method as never)) {
+    throw new ClientRegistrationError(`token_endpoint_auth_method must be one of ${CLIENT_AUTH_METHODS.join(', ')}`);
+  }
   let secret: string | undefined;
   if (SECRET_METHODS.has(method)) {
     secret = typeof metadata.client_secret === 'string' ? metadata.client_secret : generateClientSecret();

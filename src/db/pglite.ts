@@ -1,15 +1,62 @@
 // Embedded PGlite back-end: the zero-install default for development and tests.
 import fs from 'node:fs/promises';
+import path from 'node:path';
 
 import { PGlite } from '@electric-sql/pglite';
 
 import { DatabaseUnavailableError, type Db, type Queryable, type QueryResult, type Row } from './db.ts';
 
+export class DatabaseInUseError extends Error {
+  override name = 'DatabaseInUseError';
+}
+
+const LOCK_FILE = '.clinical-authz.lock';
+
+function processAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+/**
+ * PGlite is single-process: a second process opening the same directory would see stale data and
+ * could corrupt it. A pid lock file makes the second opener fail with a clear message instead.
+ */
+async function lockDataDir(dataDir: string): Promise<() => Promise<void>> {
+  const file = path.join(dataDir, LOCK_FILE);
+  for (let attempt = 0; attempt < 2; attempt += 1) {
+    try {
+      await fs.writeFile(file, String(process.pid), { flag: 'wx', mode: 0o600 });
+      return () => fs.rm(file, { force: true });
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+      const holder = Number((await fs.readFile(file, 'utf8').catch(() => '')).trim());
+      if (Number.isInteger(holder) && holder > 0 && processAlive(holder)) {
+        throw new DatabaseInUseError(`embedded database ${dataDir} is in use by process ${holder}: stop it first, or use DATABASE_URL`);
+      }
+      await fs.rm(file, { force: true }); // stale lock of a process that is gone
+    }
+  }
+  throw new DatabaseInUseError(`embedded database ${dataDir} is locked`);
+}
+
 /** dataDir undefined keeps the database in memory (tests). */
 export async function createPgliteDb(dataDir: string | undefined): Promise<Db> {
-  if (dataDir) await fs.mkdir(dataDir, { recursive: true });
+  let unlock = async () => {};
+  if (dataDir) {
+    await fs.mkdir(dataDir, { recursive: true, mode: 0o700 });
+    unlock = await lockDataDir(dataDir);
+  }
   const pglite = dataDir ? new PGlite(dataDir) : new PGlite();
-  await pglite.waitReady;
+  try {
+    await pglite.waitReady;
+  } catch (err) {
+    await unlock();
+    throw err;
+  }
 
   const wrap = (target: Pick<PGlite, 'query' | 'exec'>): Queryable => ({
     async exec(sql: string) {
@@ -32,6 +79,9 @@ export async function createPgliteDb(dataDir: string | undefined): Promise<Db> {
       if (pglite.closed) throw new DatabaseUnavailableError(new Error('embedded database closed'));
       await root.query('SELECT 1');
     },
-    close: () => pglite.close(),
+    async close() {
+      await pglite.close();
+      await unlock();
+    },
   };
 }

@@ -4,6 +4,8 @@ import { randomBytes } from 'node:crypto';
 import { link, mkdir, open, readFile, rename, rm, stat } from 'node:fs/promises';
 import path from 'node:path';
 
+import { formatIssues } from '../validation.ts';
+
 /** Key material is missing, malformed or unfit for the current mode. Startup should stop with the message. */
 export class KeyMaterialError extends Error {
   override name = 'KeyMaterialError';
@@ -104,6 +106,5 @@ export function parseJsonFile(file: string, text: string): unknown {
 
 /** One-line description of zod issues, naming the offending field (e.g. `keys.0.jwk.kid`). */
 export function describeIssues(file: string, issues: ReadonlyArray<{ path: PropertyKey[]; message: string }>): string {
-  const detail = issues.map((i) => `${i.path.map(String).join('.') || '(root)'}: ${i.message}`).join('; ');
-  return `invalid ${file}: ${detail}`;
+  return `invalid ${file}: ${formatIssues(issues)}`;
 }

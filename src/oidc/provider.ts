@@ -30,6 +30,7 @@ export interface BuiltProvider {
 }
 
 export const SIGNING_ALG = 'ES256';
+export const CLIENT_AUTH_METHODS = ['client_secret_basic', 'client_secret_post', 'private_key_jwt', 'none'] as const;
 
 // Everything a token carries beyond the standard payload travels in token.extra; the default
 // extraTokenClaims would replace it, so keep it and add the authentication context of the source.
@@ -54,7 +55,7 @@ export function buildProvider(deps: ProviderDeps): BuiltProvider {
     scopes: ['openid', 'offline_access', 'profile', 'fhirUser'],
     responseTypes: ['code'],
     pkce: { required: () => true },
-    clientAuthMethods: ['client_secret_basic', 'client_secret_post', 'private_key_jwt', 'none'],
+    clientAuthMethods: [...CLIENT_AUTH_METHODS],
     clientDefaults: {
       grant_types: ['authorization_code'],
       response_types: ['code'],

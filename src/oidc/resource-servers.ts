@@ -2,6 +2,7 @@
 // in which format (RFC 9068 JWT by default) and for how long.
 import { z } from 'zod';
 
+import { MAX_ACCESS_TOKEN_TTL } from '../config.ts';
 import type { Queryable } from '../db/index.ts';
 
 export interface ResourceServer {
@@ -17,7 +18,7 @@ export const ResourceServerSchema = z.object({
   name: z.string().min(1).max(200),
   scope: z.string().regex(/^\S+( \S+)*$/, 'scope is a space-separated list'),
   accessTokenFormat: z.enum(['jwt', 'opaque']).default('jwt'),
-  accessTokenTtl: z.number().int().min(1).max(3600).optional(),
+  accessTokenTtl: z.number().int().min(1).max(MAX_ACCESS_TOKEN_TTL).optional(),
 });
 export type ResourceServerInput = z.input<typeof ResourceServerSchema>;
 

@@ -6,8 +6,9 @@ import { z } from 'zod';
 
 import { NewUserSchema, createUser, findUserByUsername } from '../accounts/users.ts';
 import type { Db } from '../db/index.ts';
-import { ClientMetadataSchema, registerClient } from '../clients/register.ts';
+import { ClientMetadataSchema, ClientRegistrationError, registerClient, usesClientSecret } from '../clients/register.ts';
 import { ResourceServerSchema, upsertResourceServer } from '../oidc/resource-servers.ts';
+import { formatIssues } from '../validation.ts';
 
 export const SeedSchema = z.strictObject({
   users: z.array(NewUserSchema).default([]),
@@ -29,7 +30,7 @@ export async function readSeedFile(file: string): Promise<Seed> {
   }
   const parsed = SeedSchema.safeParse(json);
   if (!parsed.success) {
-    throw new SeedError(`invalid seed file ${file}: ${parsed.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; ')}`);
+    throw new SeedError(`invalid seed file ${file}: ${formatIssues(parsed.error.issues)}`);
   }
   return parsed.data;
 }
@@ -40,21 +41,35 @@ export interface SeedResult {
   clients: string[];
 }
 
-/** Applies a seed; existing users are left as they are, clients and resource servers are replaced. */
+/**
+ * Applies a seed in one transaction (all or nothing); existing users are left as they are, clients
+ * and resource servers are replaced. Seed clients that authenticate with a secret must give it: a
+ * generated one would be shown to nobody.
+ */
 export async function applySeed(db: Db, provider: Provider, clientSecretKey: string, seed: Seed): Promise<SeedResult> {
-  const result: SeedResult = { users: [], resourceServers: [], clients: [] };
-  for (const rs of seed.resourceServers) {
-    await upsertResourceServer(db, rs);
-    result.resourceServers.push(rs.identifier);
-  }
-  for (const user of seed.users) {
-    if (await findUserByUsername(db, user.username)) continue;
-    await createUser(db, user);
-    result.users.push(user.username);
-  }
-  for (const client of seed.clients) {
-    const registered = await registerClient(db, provider, clientSecretKey, client, { replace: true });
-    result.clients.push(registered.client_id);
-  }
-  return result;
+  return db.transaction(async (tx) => {
+    const result: SeedResult = { users: [], resourceServers: [], clients: [] };
+    for (const rs of seed.resourceServers) {
+      await upsertResourceServer(tx, rs);
+      result.resourceServers.push(rs.identifier);
+    }
+    for (const user of seed.users) {
+      if (await findUserByUsername(tx, user.username)) continue;
+      await createUser(tx, user);
+      result.users.push(user.username);
+    }
+    for (const [index, client] of seed.clients.entries()) {
+      try {
+        if (usesClientSecret(client) && client.client_secret === undefined) {
+          throw new ClientRegistrationError('client_secret is required in a seed file for client_secret_basic/client_secret_post clients');
+        }
+        const registered = await registerClient(tx, provider, clientSecretKey, client, { replace: true });
+        result.clients.push(registered.client_id);
+      } catch (err) {
+        if (err instanceof ClientRegistrationError) throw new SeedError(`clients.${index}: ${err.message}`);
+        throw err;
+      }
+    }
+    return result;
+  });
 }

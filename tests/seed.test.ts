@@ -1,0 +1,39 @@
+// Seeds are validated with clear errors and applied all-or-nothing.
+import assert from 'node:assert/strict';
+import fs from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { after, before, test } from 'node:test';
+
+import { countUsers } from '../src/accounts/users.ts';
+import { applySeed, readSeedFile, SeedError, SeedSchema } from '../src/seed/seed.ts';
+import { startTestServer, type TestServer } from './support/test-server.ts';
+
+let ts: TestServer;
+before(async () => { ts = await startTestServer({ seed: null }); });
+after(() => ts.stop());
+
+const apply = (seed: unknown) => applySeed(ts.testDb.db, ts.server.provider(), ts.server.secrets.clientSecretKey, SeedSchema.parse(seed));
+
+test('a client refused part-way leaves nothing of the seed behind', async () => {
+  await assert.rejects(apply({
+    users: [{ username: 'dr.atomic', password: 'atomic-password-123' }],
+    clients: [{ client_id: 'bad-client', client_secret: 'x'.repeat(32), redirect_uris: ['https://a.test/cb#fragment'] }],
+  }), (e: Error) => e instanceof SeedError && /^clients\.0: /.test(e.message));
+  assert.equal(await countUsers(ts.testDb.db), 0);
+});
+
+test('a secret-based seed client must state its secret (a generated one would be seen by nobody)', async () => {
+  await assert.rejects(apply({ clients: [{ client_id: 'no-secret', redirect_uris: ['https://a.test/cb'] }] }),
+    (e: Error) => e instanceof SeedError && /clients\.0: client_secret is required/.test(e.message));
+});
+
+test('seed file errors name the field, including unknown top-level keys', async () => {
+  const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'authz-seed-'));
+  const file = path.join(dir, 'seed.json');
+  await fs.writeFile(file, JSON.stringify({ users: [{ username: 'ok.user', password: 'short' }], bogus: 1 }));
+  await assert.rejects(readSeedFile(file), (e: Error) => /users\.0\.password: password must have at least 12/.test(e.message) && /\(root\): Unrecognized key/.test(e.message));
+  await fs.writeFile(file, '{ not json');
+  await assert.rejects(readSeedFile(file), /cannot read seed file/);
+  await fs.rm(dir, { recursive: true, force: true });
+});
