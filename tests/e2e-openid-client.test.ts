@@ -22,6 +22,22 @@ function clientConfig(clientId: string, secret: string) {
   });
 }
 
+/** Sends the clinician through login and consent with PKCE; returns what redeeming the code needs. */
+async function signIn(config: oidc.Configuration, params: Record<string, string>) {
+  const verifier = oidc.randomPKCECodeVerifier();
+  const state = oidc.randomState();
+  const url = oidc.buildAuthorizationUrl(config, {
+    redirect_uri: APP.redirect_uri,
+    resource: FHIR,
+    code_challenge: await oidc.calculatePKCECodeChallenge(verifier),
+    code_challenge_method: 'S256',
+    state,
+    ...params,
+  });
+  const callback = await new Browser(ts).authorize(url, CLINICIAN.username, CLINICIAN.password);
+  return { callback, checks: { pkceCodeVerifier: verifier, expectedState: state } };
+}
+
 before(async () => {
   ts = await startTestServer();
 });
@@ -42,24 +58,14 @@ test('discovery publishes S256-only PKCE, code flow only, and our endpoints', as
 
 test('authorization code + PKCE through the login form, refresh rotation, revocation', async () => {
   const config = await clientConfig(APP.client_id, APP.client_secret);
-  const verifier = oidc.randomPKCECodeVerifier();
-  const state = oidc.randomState();
   const nonce = oidc.randomNonce();
-  const url = oidc.buildAuthorizationUrl(config, {
-    redirect_uri: APP.redirect_uri,
-    scope: 'openid profile fhirUser offline_access patient/Observation.rs',
-    resource: FHIR,
-    code_challenge: await oidc.calculatePKCECodeChallenge(verifier),
-    code_challenge_method: 'S256',
-    state,
-    nonce,
-    prompt: 'consent',
+  const { callback, checks } = await signIn(config, {
+    scope: 'openid profile fhirUser offline_access patient/Observation.rs', nonce, prompt: 'consent',
   });
-  const callback = await new Browser(ts).authorize(url, CLINICIAN.username, CLINICIAN.password);
   assert.equal(callback.origin + callback.pathname, APP.redirect_uri);
 
   const tokens = await oidc.authorizationCodeGrant(config, callback, {
-    pkceCodeVerifier: verifier, expectedState: state, expectedNonce: nonce, idTokenExpected: true,
+    ...checks, expectedNonce: nonce, idTokenExpected: true,
   }, { resource: FHIR });
   // openid-client validated the ID token (signature, iss, aud, nonce, exp) before returning.
   const claims = tokens.claims()!;
@@ -88,24 +94,14 @@ test('authorization code + PKCE through the login form, refresh rotation, revoca
 
 test('revoking an access token makes introspection answer inactive; the code cannot be redeemed twice', async () => {
   const config = await clientConfig(APP.client_id, APP.client_secret);
-  const verifier = oidc.randomPKCECodeVerifier();
-  const state = oidc.randomState();
-  const url = oidc.buildAuthorizationUrl(config, {
-    redirect_uri: APP.redirect_uri,
-    scope: 'openid patient/Observation.rs',
-    resource: FHIR,
-    code_challenge: await oidc.calculatePKCECodeChallenge(verifier),
-    code_challenge_method: 'S256',
-    state,
-  });
-  const callback = await new Browser(ts).authorize(url, CLINICIAN.username, CLINICIAN.password);
-  const tokens = await oidc.authorizationCodeGrant(config, callback, { pkceCodeVerifier: verifier, expectedState: state }, { resource: FHIR });
+  const { callback, checks } = await signIn(config, { scope: 'openid patient/Observation.rs' });
+  const tokens = await oidc.authorizationCodeGrant(config, callback, checks, { resource: FHIR });
   assert.equal((await oidc.tokenIntrospection(config, tokens.access_token)).active, true);
   await oidc.tokenRevocation(config, tokens.access_token);
   assert.equal((await oidc.tokenIntrospection(config, tokens.access_token)).active, false);
 
   await assert.rejects(
-    oidc.authorizationCodeGrant(config, callback, { pkceCodeVerifier: verifier, expectedState: state }, { resource: FHIR }),
+    oidc.authorizationCodeGrant(config, callback, checks, { resource: FHIR }),
     (err: oidc.ResponseBodyError) => err.error === 'invalid_grant',
   );
 });
