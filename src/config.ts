@@ -39,6 +39,18 @@ const EnvSchema = z.object({
   KEYS_RELOAD_INTERVAL: seconds.default(30),
   /** Behind a TLS-terminating proxy: trust X-Forwarded-* (oidc-provider `proxy`). */
   TRUST_PROXY: boolean.default(false),
+  /** Shared rate-limit counters in Redis instead of PostgreSQL. */
+  REDIS_URL: z.string().min(1).optional(),
+  RATE_LIMIT_ENABLED: boolean.default(true),
+  /** Requests per client per window at the token, introspection, revocation and registration endpoints. */
+  RATE_LIMIT_CLIENT_POINTS: z.coerce.number().int().min(1).default(1200),
+  RATE_LIMIT_CLIENT_WINDOW: seconds.default(60),
+  /** Login attempts per source address per window. */
+  RATE_LIMIT_LOGIN_IP_POINTS: z.coerce.number().int().min(1).default(60),
+  RATE_LIMIT_LOGIN_IP_WINDOW: seconds.default(60),
+  /** Login attempts per username per window (on top of the failed-login lock). */
+  RATE_LIMIT_LOGIN_USER_POINTS: z.coerce.number().int().min(1).default(20),
+  RATE_LIMIT_LOGIN_USER_WINDOW: seconds.default(900),
 });
 
 export type Environment = z.infer<typeof EnvSchema>['NODE_ENV'];
@@ -70,6 +82,18 @@ export interface Config {
     authorizationCode: number;
   };
   login: { maxFailures: number; lockSeconds: number };
+  redisUrl: string | undefined;
+  rateLimit: {
+    enabled: boolean;
+    client: RateLimitRule;
+    loginIp: RateLimitRule;
+    loginUser: RateLimitRule;
+  };
+}
+
+export interface RateLimitRule {
+  points: number;
+  windowSeconds: number;
 }
 
 export class ConfigError extends Error {
@@ -113,6 +137,13 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       authorizationCode: e.AUTHORIZATION_CODE_TTL,
     },
     login: { maxFailures: e.LOGIN_MAX_FAILURES, lockSeconds: e.LOGIN_LOCK_SECONDS },
+    redisUrl: e.REDIS_URL,
+    rateLimit: {
+      enabled: e.RATE_LIMIT_ENABLED,
+      client: { points: e.RATE_LIMIT_CLIENT_POINTS, windowSeconds: e.RATE_LIMIT_CLIENT_WINDOW },
+      loginIp: { points: e.RATE_LIMIT_LOGIN_IP_POINTS, windowSeconds: e.RATE_LIMIT_LOGIN_IP_WINDOW },
+      loginUser: { points: e.RATE_LIMIT_LOGIN_USER_POINTS, windowSeconds: e.RATE_LIMIT_LOGIN_USER_WINDOW },
+    },
   };
 
   if (config.env === 'production') assertProductionSafe(config);

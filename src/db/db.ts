@@ -15,6 +15,8 @@ export interface Queryable {
 
 export interface Db extends Queryable {
   readonly kind: 'postgres' | 'pglite';
+  /** The underlying pg.Pool (PostgreSQL only), for libraries that take one (rate limiter). */
+  readonly pgPool?: import('pg').Pool;
   /** Runs fn in one transaction; commits when it resolves, rolls back when it throws. */
   transaction<T>(fn: (tx: Queryable) => Promise<T>): Promise<T>;
   /** Throws DatabaseUnavailableError when the database cannot answer. */

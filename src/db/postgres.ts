@@ -31,6 +31,7 @@ export function createPostgresDb(connectionString: string, poolSize: number): Db
 
   return {
     kind: 'postgres',
+    pgPool: pool,
     query: (sql, params) => run(pool, sql, params),
     exec: async (sql) => { await run(pool, sql); },
     async transaction(fn) {

@@ -1,0 +1,139 @@
+// Writes audit events: pseudonymised, chained, append-only, and in the caller's transaction when the
+// caller passes one, so the action and its record commit (or fail) together.
+import { randomUUID } from 'node:crypto';
+
+import type { Db, Queryable } from '../db/index.ts';
+import type { Logger } from '../log.ts';
+import { chainHash, GENESIS_HASH, type ChainedRecord } from './chain.ts';
+import type { AuditDetailValue, AuditEventInput, AuditRequestContext } from './event.ts';
+import { pseudonymise, type AuditKeys } from './keys.ts';
+import { currentRequestContext } from './request-context.ts';
+
+// All writers of every process take this lock in turn, so the chain never forks.
+const CHAIN_LOCK_KEY = 7_362_002;
+// Detail keys that must never reach the log, whatever a caller passes.
+const FORBIDDEN_DETAIL = /^(token|access_token|refresh_token|id_token|subject_token|actor_token|password|secret|client_secret|cookie|code|code_verifier|authorization|assertion|client_assertion)$/i;
+const MAX_DETAIL_STRING = 256;
+
+export class AuditWriteError extends Error {
+  override name = 'AuditWriteError';
+}
+
+function cleanDetails(details: AuditEventInput['details']): Record<string, AuditDetailValue> {
+  const out: Record<string, AuditDetailValue> = {};
+  for (const [key, value] of Object.entries(details ?? {})) {
+    if (value === undefined || FORBIDDEN_DETAIL.test(key)) continue;
+    if (typeof value === 'string' && value.length > MAX_DETAIL_STRING) continue; // identifiers only, no prose
+    if (Array.isArray(value) && value.some((v) => typeof v !== 'string' || v.length > MAX_DETAIL_STRING)) continue;
+    out[key] = value;
+  }
+  return out;
+}
+
+export interface StoredAuditRow extends Record<string, unknown> {
+  seq: number;
+  id: string;
+  occurred_at: Date | string;
+  type: string;
+  outcome: string;
+  severity: string;
+  actor_user: string | null;
+  actor_client: string | null;
+  actor_cert_thumbprint: string | null;
+  target_client: string | null;
+  target_audience: string | null;
+  patient_pseudonym: string | null;
+  rule: string | null;
+  request_id: string | null;
+  source_ip: string | null;
+  details: Record<string, AuditDetailValue>;
+  prev_hash: string;
+  hash: string;
+}
+
+export function rowToRecord(row: StoredAuditRow): ChainedRecord {
+  return {
+    seq: Number(row.seq),
+    id: row.id,
+    occurredAt: new Date(row.occurred_at).toISOString(),
+    type: row.type,
+    outcome: row.outcome,
+    severity: row.severity,
+    actorUser: row.actor_user,
+    actorClient: row.actor_client,
+    actorCertThumbprint: row.actor_cert_thumbprint,
+    targetClient: row.target_client,
+    targetAudience: row.target_audience,
+    patientPseudonym: row.patient_pseudonym,
+    rule: row.rule,
+    requestId: row.request_id,
+    sourceIp: row.source_ip,
+    details: row.details ?? {},
+    prevHash: row.prev_hash,
+  };
+}
+
+export class AuditLog {
+  constructor(
+    private readonly db: Db,
+    readonly keys: AuditKeys,
+    private readonly logger: Logger | undefined,
+  ) {}
+
+  pseudonym(kind: 'patient' | 'token' | 'username' | 'client', value: string): string {
+    return pseudonymise(this.keys, kind, value);
+  }
+
+  /**
+   * Appends one event. With `tx`, it joins the caller's transaction (the chain lock is then held until
+   * that transaction ends). Throws AuditWriteError when it cannot be written: callers fail closed.
+   */
+  async record(event: AuditEventInput, tx?: Queryable, context = currentRequestContext()): Promise<ChainedRecord & { hash: string }> {
+    try {
+      const write = (q: Queryable) => this.append(q, event, context);
+      const stored = tx ? await write(tx) : await this.db.transaction(write);
+      this.logger?.info({ audit: { ...stored, hash: undefined, prevHash: undefined } }, 'audit');
+      return stored;
+    } catch (err) {
+      if (err instanceof AuditWriteError) throw err;
+      throw new AuditWriteError(`audit event ${event.type} could not be written`, { cause: err });
+    }
+  }
+
+  private async append(q: Queryable, event: AuditEventInput, context: AuditRequestContext | undefined) {
+    await q.query('SELECT pg_advisory_xact_lock($1)', [CHAIN_LOCK_KEY]);
+    const { rows } = await q.query<{ seq: number; hash: string }>('SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1');
+    const previous = rows[0];
+    const record: ChainedRecord = {
+      seq: previous ? Number(previous.seq) + 1 : 1,
+      id: randomUUID(),
+      occurredAt: new Date().toISOString(),
+      type: event.type,
+      outcome: event.outcome,
+      severity: event.severity ?? (event.outcome === 'success' ? 'info' : 'warning'),
+      actorUser: event.actor?.userId ?? null,
+      actorClient: event.actor?.clientId ?? null,
+      actorCertThumbprint: event.actor?.certThumbprint ?? context?.certThumbprint ?? null,
+      targetClient: event.target?.clientId ?? null,
+      targetAudience: event.target?.audience ?? null,
+      patientPseudonym: event.target?.patientId ? this.pseudonym('patient', event.target.patientId) : null,
+      rule: event.rule ?? null,
+      requestId: context?.requestId ?? null,
+      sourceIp: context?.sourceIp ?? null,
+      details: cleanDetails(event.details),
+      prevHash: previous?.hash ?? GENESIS_HASH,
+    };
+    const hash = chainHash(this.keys.chain, record);
+    await q.query(
+      `INSERT INTO audit_events (seq, id, occurred_at, type, outcome, severity, actor_user, actor_client,
+         actor_cert_thumbprint, target_client, target_audience, patient_pseudonym, rule, request_id, source_ip,
+         details, prev_hash, hash)
+       VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16::jsonb, $17, $18)`,
+      [record.seq, record.id, record.occurredAt, record.type, record.outcome, record.severity, record.actorUser,
+        record.actorClient, record.actorCertThumbprint, record.targetClient, record.targetAudience,
+        record.patientPseudonym, record.rule, record.requestId, record.sourceIp, JSON.stringify(record.details),
+        record.prevHash, hash],
+    );
+    return { ...record, hash };
+  }
+}
