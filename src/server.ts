@@ -8,6 +8,10 @@ import type { JWK } from 'jose';
 import type Provider from 'oidc-provider';
 
 import { LoginThrottle } from './accounts/login-throttle.ts';
+import { auditResponses } from './audit/http-events.ts';
+import { deriveAuditKeys } from './audit/keys.ts';
+import { AuditLog } from './audit/log.ts';
+import { StorageAudit } from './audit/storage-events.ts';
 import { countUsers } from './accounts/users.ts';
 import { countClients } from './clients/register.ts';
 import type { Config } from './config.ts';
@@ -42,6 +46,7 @@ export interface RunningServer {
   tls: TlsMaterial;
   secrets: ServerSecrets;
   seeded: SeedResult | undefined;
+  audit: AuditLog;
   provider(): Provider;
   /** Re-reads the signing keys now (the timer does it every KEYS_RELOAD_INTERVAL seconds). */
   reloadKeys(): Promise<boolean>;
@@ -123,10 +128,12 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
   const mtlsBaseUrl = withPort(config.mtlsBaseUrl, mtlsPort);
   const effective: Config = { ...config, issuer, mtlsBaseUrl };
 
+  const audit = new AuditLog(db, deriveAuditKeys(secrets.auditKey), logger);
+  const storageAudit = new StorageAudit(audit);
   const build = (): ProviderHandle => {
     const jwks = providerJwks(keySet);
     const built = buildProvider({
-      config: effective, db, logger, jwks, cookieKeys: secrets.cookieKeys, clientSecretKey: secrets.clientSecretKey,
+      config: effective, db, logger, jwks, cookieKeys: secrets.cookieKeys, clientSecretKey: secrets.clientSecretKey, storageAudit,
     });
     return { ...built, publicJwks: { keys: jwks.keys.map(publicJwk) } };
   };
@@ -150,7 +157,10 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
     trustProxy: config.trustProxy,
     cookieKeys: secrets.cookieKeys,
     current: () => current,
-    routes: [interactionRoutes({ getProvider: () => current.provider, db, passwordLogin: { db, throttle }, logger })],
+    beforeProvider: [
+      auditResponses(audit, (err) => logger.error({ err: (err as Error).message }, 'audit write failed')),
+    ],
+    routes: [interactionRoutes({ getProvider: () => current.provider, db, audit, passwordLogin: { db, throttle }, logger })],
   }).callback();
 
   const reloadKeys = async () => {
@@ -178,6 +188,7 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
     tls,
     secrets,
     seeded,
+    audit,
     provider: () => current.provider,
     reloadKeys,
     async stop() {

@@ -15,8 +15,21 @@ const CHAIN_LOCK_KEY = 7_362_002;
 const FORBIDDEN_DETAIL = /^(token|access_token|refresh_token|id_token|subject_token|actor_token|password|secret|client_secret|cookie|code|code_verifier|authorization|assertion|client_assertion)$/i;
 const MAX_DETAIL_STRING = 256;
 
+/**
+ * The audit record could not be written, so the action does not happen. Shaped as an OAuth error
+ * (503 temporarily_unavailable) so oidc-provider and our pages answer it cleanly.
+ */
 export class AuditWriteError extends Error {
   override name = 'AuditWriteError';
+  readonly status = 503;
+  readonly statusCode = 503;
+  readonly expose = true;
+  readonly error = 'temporarily_unavailable';
+  readonly error_description = 'the request could not be recorded, retry later';
+  /** oidc-provider renders `message` as the error code, so the detail lives here. */
+  constructor(readonly detail: string, options?: ErrorOptions) {
+    super('temporarily_unavailable', options);
+  }
 }
 
 function cleanDetails(details: AuditEventInput['details']): Record<string, AuditDetailValue> {

@@ -7,8 +7,10 @@ import Koa from 'koa';
 import mount from 'koa-mount';
 import type Provider from 'oidc-provider';
 
+import { runWithRequestContext } from '../audit/request-context.ts';
 import type { Db } from '../db/index.ts';
 import { DatabaseUnavailableError } from '../db/db.ts';
+import { AuditWriteError } from '../audit/log.ts';
 import type { Logger } from '../log.ts';
 import type { JwtAccessTokenRegistry } from '../oidc/jwt-access-tokens.ts';
 import { errorPage } from '../../views/messages.ts';
@@ -31,6 +33,8 @@ export interface AppDeps {
   /** oidc-provider's cookie keys: mounted, it signs cookies through this app's context. */
   cookieKeys: string[];
   current: () => ProviderHandle;
+  /** Run on provider requests after the body is parsed (audit of answers, rate limits). */
+  beforeProvider: Koa.Middleware[];
   routes: Koa.Middleware[];
 }
 
@@ -87,7 +91,7 @@ export function createApp(deps: AppDeps): Koa {
     ctx.set('X-Frame-Options', 'DENY');
     const started = performance.now();
     try {
-      await next();
+      await runWithRequestContext({ requestId, sourceIp: ctx.ip || undefined }, next);
     } finally {
       // Path only: query strings can carry codes and state, bodies carry secrets.
       deps.logger.info({
@@ -102,7 +106,9 @@ export function createApp(deps: AppDeps): Koa {
       await next();
     } catch (err) {
       if (err instanceof HttpError) return sendError(ctx, err.status, err.error, err.description);
-      if (err instanceof DatabaseUnavailableError) return sendError(ctx, 503, err.error, err.error_description);
+      if (err instanceof DatabaseUnavailableError || err instanceof AuditWriteError) {
+        return sendError(ctx, 503, err.error, err.error_description);
+      }
       const e = err as { status?: number; expose?: boolean; error?: string; error_description?: string; message?: string };
       if (e.expose && e.status && e.status < 500) {
         return sendError(ctx, e.status, e.error ?? 'invalid_request', e.error_description ?? e.message ?? 'invalid request');
@@ -139,6 +145,7 @@ export function createApp(deps: AppDeps): Koa {
   });
 
   app.use(oauthFormBodies({ issuer: deps.issuer, current: deps.current }));
+  for (const middleware of deps.beforeProvider) app.use(middleware);
   app.use(rfcErrorCodes);
 
   for (const route of deps.routes) app.use(route);

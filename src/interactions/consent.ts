@@ -4,8 +4,22 @@ import type { InteractionResults } from 'oidc-provider';
 
 type Details = Awaited<ReturnType<Provider['interactionDetails']>>;
 
-// Resource scopes reaching consent are already cut to the client's ceiling (getResourceServerInfo).
-export async function grantConsent(provider: Provider, details: Details): Promise<NonNullable<InteractionResults['consent']>> {
+export interface ConsentSummary {
+  accountId: string;
+  clientId: string;
+  scope: string[];
+  resources: string[];
+}
+
+/**
+ * Resource scopes reaching consent are already cut to the client's ceiling (getResourceServerInfo).
+ * `record` runs before the grant is saved: if the consent cannot be audited, nothing is granted.
+ */
+export async function grantConsent(
+  provider: Provider,
+  details: Details,
+  record: (summary: ConsentSummary) => Promise<void>,
+): Promise<NonNullable<InteractionResults['consent']>> {
   const accountId = details.session?.accountId;
   const clientId = String(details.params.client_id);
   if (!accountId) throw new Error('consent without a signed-in account');
@@ -25,6 +39,13 @@ export async function grantConsent(provider: Provider, details: Details): Promis
   for (const [indicator, scopes] of Object.entries(missing.missingResourceScopes ?? {})) {
     if (scopes.length) grant.addResourceScope(indicator, scopes.join(' '));
   }
+  const resourceScopes = Object.values(missing.missingResourceScopes ?? {}).flat();
+  await record({
+    accountId,
+    clientId,
+    scope: [...(missing.missingOIDCScope ?? []), ...resourceScopes],
+    resources: Object.keys(missing.missingResourceScopes ?? {}),
+  });
   const grantId = await grant.save();
   return details.grantId ? {} : { grantId };
 }

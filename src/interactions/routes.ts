@@ -12,12 +12,15 @@ import { consentPage } from '../../views/consent.ts';
 import { describeScopes } from './scope-descriptions.ts';
 import { authenticatePassword, type PasswordLogin } from './password-login.ts';
 import { grantConsent } from './consent.ts';
+import { loginEvent } from './login-events.ts';
+import type { AuditLog } from '../audit/log.ts';
 
 const ROUTE = /^\/interaction\/([A-Za-z0-9_-]{10,64})(?:\/(login|confirm|abort))?$/;
 
 export interface InteractionDeps {
   getProvider: () => Provider;
   db: Db;
+  audit: AuditLog;
   passwordLogin: PasswordLogin;
   logger: Logger;
 }
@@ -38,7 +41,8 @@ export function interactionRoutes(deps: InteractionDeps): Koa.Middleware {
     const details = await provider.interactionDetails(ctx.req, ctx.res);
     if (details.uid !== uid) return next();
     const client = await provider.Client.find(String(details.params.client_id));
-    const clientName = client?.clientName ?? String(details.params.client_id);
+    const clientId = String(details.params.client_id);
+    const clientName = client?.clientName ?? clientId;
     const base = `/interaction/${uid}`;
 
     if (!action && ctx.method === 'GET') {
@@ -74,6 +78,7 @@ export function interactionRoutes(deps: InteractionDeps): Koa.Middleware {
       if (details.prompt.name !== 'login') ctx.throw(400, 'interaction is not at the login step');
       const username = form.get('username') ?? '';
       const outcome = await authenticatePassword(deps.passwordLogin, username, form.get('password') ?? '');
+      await deps.audit.record(loginEvent(deps.audit, outcome, username, clientId));
       if (!outcome.ok) {
         ctx.status = outcome.locked ? 429 : 401;
         return send(ctx, loginPage({
@@ -86,7 +91,13 @@ export function interactionRoutes(deps: InteractionDeps): Koa.Middleware {
     }
     // confirm
     if (details.prompt.name !== 'consent') ctx.throw(400, 'interaction is not at the consent step');
-    const consent = await grantConsent(provider, details);
+    const consent = await grantConsent(provider, details, (summary) => deps.audit.record({
+      type: 'consent.given',
+      outcome: 'success',
+      rule: 'user_consent',
+      actor: { userId: summary.accountId, clientId: summary.clientId },
+      details: { scope: summary.scope, resources: summary.resources },
+    }).then(() => undefined));
     return provider.interactionFinished(ctx.req, ctx.res, { consent }, { mergeWithLastSubmission: true });
   };
 }

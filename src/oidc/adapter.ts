@@ -3,6 +3,7 @@
 import type { Adapter, AdapterConstructor, AdapterPayload } from 'oidc-provider';
 import { errors } from 'oidc-provider';
 
+import type { StorageAudit } from '../audit/storage-events.ts';
 import type { Db, Queryable } from '../db/index.ts';
 
 interface PayloadRow extends Record<string, unknown> {
@@ -27,11 +28,13 @@ function serialise(payload: AdapterPayload): string {
 const NOT_EXPIRED = '(expires_at IS NULL OR expires_at > now())';
 
 /** Deletes every stored artefact of a grant (tokens, codes, the grant itself) in one statement. */
-export async function revokeGrant(db: Queryable, grantId: string): Promise<number> {
+export async function revokeGrant(db: Queryable, grantId: string, audit?: StorageAudit): Promise<number> {
   const result = await db.query(
-    `DELETE FROM oidc_payloads WHERE grant_id = $1 OR (model = 'Grant' AND id = $1)`,
+    `DELETE FROM oidc_payloads WHERE grant_id = $1 OR (model = 'Grant' AND id = $1) RETURNING model, payload`,
     [grantId],
   );
+  // oidc-provider revokes a grant once per model; only the call that removed something is an event.
+  if (result.rowCount > 0) await audit?.grantRevoked(db, grantId, result.rows as { model: string; payload: AdapterPayload }[]);
   return result.rowCount;
 }
 
@@ -42,7 +45,13 @@ export async function sweepExpired(db: Queryable): Promise<number> {
 }
 
 class PayloadAdapter implements Adapter {
-  constructor(private readonly db: Db, private readonly model: string) {}
+  constructor(private readonly db: Db, private readonly model: string, private readonly audit: StorageAudit | undefined) {}
+
+  /** Audited models write their audit event in the same transaction as the change (fail closed). */
+  private audited<T>(fn: (q: Queryable, audit: StorageAudit | undefined) => Promise<T>): Promise<T> {
+    const audit = this.audit?.covers(this.model) ? this.audit : undefined;
+    return audit ? this.db.transaction((tx) => fn(tx, audit)) : fn(this.db, undefined);
+  }
 
   async upsert(id: string, payload: AdapterPayload, expiresIn?: number): Promise<void> {
     const json = serialise(payload);
@@ -58,14 +67,18 @@ class PayloadAdapter implements Adapter {
       if (inserted.rowCount === 0) throw new errors.InvalidClientAuth('client assertion tokens must only be used once');
       return;
     }
-    await this.db.query(
-      `INSERT INTO oidc_payloads (model, id, payload, grant_id, user_code, uid, expires_at)
-       VALUES ($1, $2, $3::jsonb, $4, $5, $6, CASE WHEN $7::double precision IS NULL THEN NULL
-                                                   ELSE now() + make_interval(secs => $7::double precision) END)
-       ON CONFLICT (model, id) DO UPDATE SET payload = EXCLUDED.payload, grant_id = EXCLUDED.grant_id,
-         user_code = EXCLUDED.user_code, uid = EXCLUDED.uid, expires_at = EXCLUDED.expires_at`,
-      [this.model, id, json, payload.grantId ?? null, payload.userCode ?? null, payload.uid ?? null, expiresIn ?? null],
-    );
+    await this.audited(async (q, audit) => {
+      const { rows } = await q.query<{ inserted: boolean }>(
+        `INSERT INTO oidc_payloads (model, id, payload, grant_id, user_code, uid, expires_at)
+         VALUES ($1, $2, $3::jsonb, $4, $5, $6, CASE WHEN $7::double precision IS NULL THEN NULL
+                                                     ELSE now() + make_interval(secs => $7::double precision) END)
+         ON CONFLICT (model, id) DO UPDATE SET payload = EXCLUDED.payload, grant_id = EXCLUDED.grant_id,
+           user_code = EXCLUDED.user_code, uid = EXCLUDED.uid, expires_at = EXCLUDED.expires_at
+         RETURNING (xmax = 0) AS inserted`,
+        [this.model, id, json, payload.grantId ?? null, payload.userCode ?? null, payload.uid ?? null, expiresIn ?? null],
+      );
+      if (rows[0]?.inserted) await audit?.issued(q, this.model, id, payload, expiresIn);
+    });
   }
 
   async find(id: string): Promise<AdapterPayload | undefined> {
@@ -99,27 +112,40 @@ class PayloadAdapter implements Adapter {
    * sequential replay.
    */
   async consume(id: string): Promise<void> {
-    const { rows } = await this.db.query<{ grant_id: string | null }>(
-      `UPDATE oidc_payloads SET consumed_at = now()
-       WHERE model = $1 AND id = $2 AND consumed_at IS NULL AND ${NOT_EXPIRED} RETURNING grant_id`,
-      [this.model, id],
-    );
-    if (rows.length === 1) return;
-    const { rows: existing } = await this.db.query<{ grant_id: string | null }>(
-      'SELECT grant_id FROM oidc_payloads WHERE model = $1 AND id = $2',
-      [this.model, id],
-    );
-    const grantId = existing[0]?.grant_id;
-    if (grantId) await revokeGrant(this.db, grantId);
+    const consumed = await this.audited(async (q, audit) => {
+      const { rows } = await q.query<{ payload: AdapterPayload }>(
+        `UPDATE oidc_payloads SET consumed_at = now()
+         WHERE model = $1 AND id = $2 AND consumed_at IS NULL AND ${NOT_EXPIRED} RETURNING payload`,
+        [this.model, id],
+      );
+      if (rows[0]) await audit?.consumed(q, this.model, id, rows[0].payload);
+      return rows.length === 1;
+    });
+    if (consumed) return;
+    await this.audited(async (q, audit) => {
+      const { rows: existing } = await q.query<{ payload: AdapterPayload }>(
+        'SELECT payload FROM oidc_payloads WHERE model = $1 AND id = $2',
+        [this.model, id],
+      );
+      const payload = existing[0]?.payload;
+      await audit?.replayed(q, this.model, id, payload);
+      if (payload?.grantId) await revokeGrant(q, payload.grantId, audit);
+    });
     throw new errors.InvalidGrant('grant source already consumed');
   }
 
   async destroy(id: string): Promise<void> {
-    await this.db.query('DELETE FROM oidc_payloads WHERE model = $1 AND id = $2', [this.model, id]);
+    await this.audited(async (q, audit) => {
+      const { rows } = await q.query<{ payload: AdapterPayload }>(
+        'DELETE FROM oidc_payloads WHERE model = $1 AND id = $2 RETURNING payload',
+        [this.model, id],
+      );
+      if (rows[0]) await audit?.destroyed(q, this.model, id, rows[0].payload);
+    });
   }
 
   async revokeByGrantId(grantId: string): Promise<void> {
-    await revokeGrant(this.db, grantId);
+    await this.audited((q, audit) => revokeGrant(q, grantId, audit));
   }
 }
 
@@ -153,11 +179,11 @@ class ClientAdapter implements Adapter {
   revokeByGrantId(): Promise<undefined> { return Promise.resolve(undefined); }
 }
 
-export function createAdapter(db: Db): AdapterConstructor {
+export function createAdapter(db: Db, audit?: StorageAudit): AdapterConstructor {
   return class StorageAdapter {
     constructor(model: string) {
       // Returning an object from a constructor is how oidc-provider's class-style factory gets our instance.
-      return model === 'Client' ? new ClientAdapter(db) : new PayloadAdapter(db, model);
+      return model === 'Client' ? new ClientAdapter(db) : new PayloadAdapter(db, model, audit);
     }
   } as unknown as AdapterConstructor;
 }

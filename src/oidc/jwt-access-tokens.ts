@@ -7,6 +7,7 @@ import { createLocalJWKSet, decodeProtectedHeader, jwtVerify, type JSONWebKeySet
 import type { AdapterPayload } from 'oidc-provider';
 import type Provider from 'oidc-provider';
 
+import type { StorageAudit } from '../audit/storage-events.ts';
 import type { Db } from '../db/index.ts';
 import { createAdapter } from './adapter.ts';
 
@@ -20,8 +21,9 @@ export class JwtAccessTokenRegistry {
   /** Per-request handles that stand in for a verified JWT inside oidc-provider's own endpoints. */
   private readonly handles = new Map<string, AdapterPayload>();
 
-  constructor(db: Db) {
-    this.store = new (createAdapter(db))('AccessToken');
+  constructor(db: Db, audit?: StorageAudit) {
+    // Through the adapter, so the record and its audit event share one transaction.
+    this.store = new (createAdapter(db, audit))('AccessToken');
   }
 
   /** formats.customizers.jwt: runs before signing, so no JWT leaves without its record. */
@@ -34,6 +36,8 @@ export class JwtAccessTokenRegistry {
       const value = token[key];
       if (value !== undefined && !(key in record)) (record as Record<string, unknown>)[key] = value;
     }
+    // Stored under AccessToken either way; remember that it came from client credentials.
+    if (token.kind === 'ClientCredentials') record.gty ??= 'client_credentials';
     const expiresIn = Math.max(1, payload.exp - Math.floor(Date.now() / 1000));
     await this.store.upsert(jti, record, expiresIn);
   }

@@ -2,6 +2,7 @@
 import type { JWK } from 'jose';
 import Provider, { errors, type Configuration, type KoaContextWithOIDC } from 'oidc-provider';
 
+import type { StorageAudit } from '../audit/storage-events.ts';
 import type { Config } from '../config.ts';
 import type { Db } from '../db/index.ts';
 import type { Logger } from '../log.ts';
@@ -22,6 +23,8 @@ export interface ProviderDeps {
   cookieKeys: string[];
   clientSecretKey: string;
   logger: Logger;
+  /** Records token/code/session changes in the audit log inside their own transactions. */
+  storageAudit?: StorageAudit | undefined;
 }
 
 export interface BuiltProvider {
@@ -45,10 +48,10 @@ async function extraTokenClaims(ctx: KoaContextWithOIDC, token: { extra?: Record
 
 export function buildProvider(deps: ProviderDeps): BuiltProvider {
   const { config, db, logger } = deps;
-  const jwtAccessTokens = new JwtAccessTokenRegistry(db);
+  const jwtAccessTokens = new JwtAccessTokenRegistry(db, deps.storageAudit);
 
   const configuration: Configuration = {
-    adapter: createAdapter(db),
+    adapter: createAdapter(db, deps.storageAudit),
     jwks: deps.jwks as Configuration['jwks'],
     findAccount: accountFinder(db),
     claims: CLAIMS,

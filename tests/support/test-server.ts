@@ -65,6 +65,7 @@ export interface TestServer {
   /** fetch that trusts the dev CA; never follows redirects. */
   fetch(url: string | URL, init?: RequestInit): ReturnType<typeof undiciFetch>;
   dispatcher: Agent;
+  logs: string[];
   stop(): Promise<void>;
 }
 
@@ -74,6 +75,8 @@ export interface TestServerOptions {
   /** Share a database (and keys) with another server: a second process-like instance. */
   testDb?: TestDb;
   keysDir?: string;
+  /** Keep every log line (info and up) in TestServer.logs, to scan them for secrets. */
+  captureLogs?: boolean;
 }
 
 export async function startTestServer(options: TestServerOptions = {}): Promise<TestServer> {
@@ -92,7 +95,11 @@ export async function startTestServer(options: TestServerOptions = {}): Promise<
     LOGIN_LOCK_SECONDS: '60',
     ...options.env,
   });
-  const server = await startServer({ config, logger: createLogger(process.env.TEST_LOG_LEVEL ?? 'silent'), db: testDb.db });
+  const logs: string[] = [];
+  const logger = options.captureLogs
+    ? createLogger('info', { write: (line: string) => { logs.push(line); } })
+    : createLogger(process.env.TEST_LOG_LEVEL ?? 'silent');
+  const server = await startServer({ config, logger, db: testDb.db });
   if (options.seed !== null) {
     await applySeed(testDb.db, server.provider(), server.secrets.clientSecretKey, options.seed ?? TEST_SEED);
   }
@@ -107,6 +114,7 @@ export async function startTestServer(options: TestServerOptions = {}): Promise<
     caPem,
     testDb,
     dispatcher,
+    logs,
     fetch: (url, init = {}) => undiciFetch(url, { redirect: 'manual', ...init, dispatcher }),
     async stop() {
       await server.stop();
