@@ -143,7 +143,7 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
   let seeded: SeedResult | undefined;
   const seedFile = config.seedFile ?? (config.demoSeed ? DEMO_SEED_FILE : undefined);
   if (seedFile && await countUsers(db) === 0 && await countClients(db) === 0) {
-    seeded = await applySeed(db, current.provider, secrets.clientSecretKey, await readSeedFile(seedFile));
+    seeded = await applySeed(db, current.provider, secrets.clientSecretKey, await readSeedFile(seedFile), audit);
     logger.info({ seedFile, users: seeded.users.length, clients: seeded.clients.length }, 'empty database seeded');
   }
 

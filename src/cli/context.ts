@@ -174,6 +174,15 @@ export async function loadKeyMaterial(config: Config): Promise<KeyMaterial> {
   return { secrets, signingKeys };
 }
 
+/** The audit log, keyed like the server's: every admin change the CLI makes is recorded. */
+export async function createAuditLog(db: Db, material: KeyMaterial): Promise<import('../audit/log.ts').AuditLog> {
+  const [{ AuditLog }, { deriveAuditKeys }] = await Promise.all([import('../audit/log.ts'), import('../audit/keys.ts')]);
+  return new AuditLog(db, deriveAuditKeys(material.secrets.auditKey), undefined);
+}
+
+/** Actor and rule of every event the CLI records (an operator at the console, not a client). */
+export const CLI_AUDIT = { rule: 'admin.cli', details: { via: 'cli' } } as const;
+
 /**
  * An oidc-provider configured exactly like the server's, for its client metadata validation.
  * No listener is started; its logs (there should be none) go to stderr.

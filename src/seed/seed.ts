@@ -5,6 +5,7 @@ import type Provider from 'oidc-provider';
 import { z } from 'zod';
 
 import { NewUserSchema, createUser, findUserByUsername } from '../accounts/users.ts';
+import type { AuditLog } from '../audit/log.ts';
 import type { Db } from '../db/index.ts';
 import { ClientMetadataSchema, ClientRegistrationError, registerClient, usesClientSecret } from '../clients/register.ts';
 import { ResourceServerSchema, upsertResourceServer } from '../oidc/resource-servers.ts';
@@ -46,7 +47,7 @@ export interface SeedResult {
  * and resource servers are replaced. Seed clients that authenticate with a secret must give it: a
  * generated one would be shown to nobody.
  */
-export async function applySeed(db: Db, provider: Provider, clientSecretKey: string, seed: Seed): Promise<SeedResult> {
+export async function applySeed(db: Db, provider: Provider, clientSecretKey: string, seed: Seed, audit?: AuditLog): Promise<SeedResult> {
   return db.transaction(async (tx) => {
     const result: SeedResult = { users: [], resourceServers: [], clients: [] };
     for (const rs of seed.resourceServers) {
@@ -70,6 +71,13 @@ export async function applySeed(db: Db, provider: Provider, clientSecretKey: str
         throw err;
       }
     }
+    await audit?.record({
+      type: 'admin.seed_applied',
+      outcome: 'success',
+      rule: 'admin.seed',
+      // Ids only: usernames are not recorded, the users' ids are.
+      details: { users_created: result.users.length, resource_servers: result.resourceServers, clients: result.clients },
+    }, tx);
     return result;
   });
 }

@@ -3,8 +3,8 @@
 import { ClientRegistrationError, registerClient } from '../../clients/register.ts';
 import { loadConfig } from '../../config.ts';
 import {
-  CliError, createProviderContext, expectPositionals, loadKeyMaterial, parseCommandArgs, readJsonFile, withDatabase,
-  type Command,
+  CLI_AUDIT, CliError, createAuditLog, createProviderContext, expectPositionals, loadKeyMaterial, parseCommandArgs,
+  readJsonFile, withDatabase, type Command,
 } from '../context.ts';
 
 export const clientAddCommand: Command = {
@@ -29,8 +29,16 @@ export const clientAddCommand: Command = {
     const material = await loadKeyMaterial(config);
     return withDatabase(config, async (db) => {
       const { provider, clientSecretKey } = await createProviderContext(config, db, material);
+      const audit = await createAuditLog(db, material);
       try {
-        return await registerClient(db, provider, clientSecretKey, metadata);
+        return await db.transaction(async (tx) => {
+          const registered = await registerClient(tx, provider, clientSecretKey, metadata);
+          await audit.record({
+            type: 'admin.client_registered', outcome: 'success', rule: CLI_AUDIT.rule,
+            target: { clientId: registered.client_id }, details: { ...CLI_AUDIT.details },
+          }, tx);
+          return registered;
+        });
       } catch (err) {
         if (err instanceof ClientRegistrationError) throw new CliError(`client refused: ${err.message}`);
         throw err;

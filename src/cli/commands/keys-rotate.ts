@@ -5,7 +5,9 @@ import path from 'node:path';
 import { loadConfig, maxSignedTokenLifetime } from '../../config.ts';
 import { fileExists } from '../../keystore/files.ts';
 import { rotateSigningKeys, SIGNING_KEYS_FILE } from '../../keystore/signing-keys.ts';
-import { CliError, expectPositionals, parseCommandArgs, type Command } from '../context.ts';
+import {
+  CLI_AUDIT, CliError, createAuditLog, expectPositionals, loadKeyMaterial, parseCommandArgs, withDatabase, type Command,
+} from '../context.ts';
 
 export const keysRotateCommand: Command = {
   name: 'keys rotate',
@@ -24,9 +26,19 @@ export const keysRotateCommand: Command = {
     if (!(await fileExists(file))) {
       throw new CliError(`no signing keys to rotate: ${file} does not exist (check KEYS_DIR)`);
     }
-    return rotateSigningKeys(config.keysDir, {
-      // A server may sign with the old key until its next reload; those tokens must stay verifiable.
-      retireAfterSeconds: maxSignedTokenLifetime(config) + config.keysReloadIntervalSeconds,
+    const material = await loadKeyMaterial(config);
+    return withDatabase(config, async (db) => {
+      const audit = await createAuditLog(db, material);
+      await db.ping(); // the rotation must be recordable before it happens
+      const result = await rotateSigningKeys(config.keysDir, {
+        // A server may sign with the old key until its next reload; those tokens must stay verifiable.
+        retireAfterSeconds: maxSignedTokenLifetime(config) + config.keysReloadIntervalSeconds,
+      });
+      await audit.record({
+        type: 'admin.keys_rotated', outcome: 'success', severity: 'warning', rule: CLI_AUDIT.rule,
+        details: { ...CLI_AUDIT.details, added: result.added, retired: result.retired, removed: result.removed },
+      });
+      return result;
     });
   },
 };

@@ -2,7 +2,7 @@
 import { loadConfig } from '../../config.ts';
 import { applySeed, readSeedFile } from '../../seed/seed.ts';
 import {
-  createProviderContext, expectPositionals, loadKeyMaterial, parseCommandArgs, withDatabase, type Command,
+  createAuditLog, createProviderContext, expectPositionals, loadKeyMaterial, parseCommandArgs, withDatabase, type Command,
 } from '../context.ts';
 
 export const seedCommand: Command = {
@@ -23,7 +23,7 @@ export const seedCommand: Command = {
     const material = await loadKeyMaterial(config);
     return withDatabase(config, async (db) => {
       const { provider, clientSecretKey } = await createProviderContext(config, db, material);
-      return applySeed(db, provider, clientSecretKey, seed);
+      return applySeed(db, provider, clientSecretKey, seed, await createAuditLog(db, material));
     });
   },
 };

@@ -3,7 +3,10 @@
 import { createUser, NewUserSchema, UserExistsError } from '../../accounts/users.ts';
 import { MAX_PASSWORD_LENGTH } from '../../accounts/passwords.ts';
 import { loadConfig } from '../../config.ts';
-import { CliError, expectPositionals, parseCommandArgs, UsageError, withDatabase, type Command } from '../context.ts';
+import {
+  CLI_AUDIT, CliError, createAuditLog, expectPositionals, loadKeyMaterial, parseCommandArgs, UsageError, withDatabase,
+  type Command,
+} from '../context.ts';
 
 const OPTIONS = {
   username: { type: 'string' },
@@ -64,9 +67,18 @@ export const userAddCommand: Command = {
       throw new CliError(detail.join('; '));
     }
 
+    const material = await loadKeyMaterial(config);
     const user = await withDatabase(config, async (db) => {
+      const audit = await createAuditLog(db, material);
       try {
-        return await createUser(db, parsed.data);
+        return await db.transaction(async (tx) => {
+          const created = await createUser(tx, parsed.data);
+          await audit.record({
+            type: 'admin.user_created', outcome: 'success', rule: CLI_AUDIT.rule,
+            details: { ...CLI_AUDIT.details, user_id: created.id, roles: created.roles },
+          }, tx);
+          return created;
+        });
       } catch (err) {
         if (err instanceof UserExistsError) throw new CliError(err.message);
         throw err;
