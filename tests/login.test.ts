@@ -316,6 +316,12 @@ describe('successful login, consent and logout', () => {
     const after = await startSilent(ts, browser);
     assert.equal(after.get('error'), 'login_required');
     assert.equal(after.get('code'), null);
+
+    const { rows } = await ts.testDb.db.query<{ actor_user: string | null; request_id: string | null }>(
+      "SELECT actor_user, request_id FROM audit_events WHERE type = 'session.ended' ORDER BY seq DESC LIMIT 1",
+    );
+    assert.match(String(rows[0]?.actor_user), /^[0-9a-f-]{36}$/, 'logout is audited with the user');
+    assert.ok(rows[0]?.request_id);
   });
 });
 
