@@ -25,6 +25,8 @@ import { loadOrCreateSigningKeys, providerJwks, signingKeysVersion } from './key
 import type { Logger } from './log.ts';
 import { sweepExpired } from './oidc/adapter.ts';
 import { buildProvider } from './oidc/provider.ts';
+import { clientRateLimit } from './ratelimit/client-limit.ts';
+import { createRateLimiters } from './ratelimit/limiters.ts';
 import { applySeed, readSeedFile, type SeedResult } from './seed/seed.ts';
 
 export const DEMO_SEED_FILE = fileURLToPath(new URL('../seeds/demo.json', import.meta.url));
@@ -97,6 +99,11 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
   }
   const applied = await migrate(db);
   if (applied.length) logger.info({ migrations: applied }, 'database migrated');
+  const rateLimiters = await createRateLimiters(config, db, { logger }).catch(async (err: Error) => {
+    if (ownsDb) await db.close().catch(() => {});
+    throw new StartupError(err.message);
+  });
+  logger.info({ backend: rateLimiters.backend, enabled: rateLimiters.enabled }, 'rate limits');
 
   const secrets = await loadOrCreateSecrets(config.keysDir, { allowGenerate: !production });
   const tls = await loadOrCreateTls(config.keysDir, { allowGenerate: !production });
@@ -158,9 +165,11 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
     cookieKeys: secrets.cookieKeys,
     current: () => current,
     beforeProvider: [
+      // First: a refused request reaches neither the audit of answers nor the provider.
+      clientRateLimit(rateLimiters, audit),
       auditResponses(audit, (err) => logger.error({ err: (err as Error).message }, 'audit write failed')),
     ],
-    routes: [interactionRoutes({ getProvider: () => current.provider, db, audit, passwordLogin: { db, throttle }, logger })],
+    routes: [interactionRoutes({ getProvider: () => current.provider, db, audit, passwordLogin: { db, throttle }, rateLimiters, logger })],
   }).callback();
 
   const reloadKeys = async () => {
@@ -194,6 +203,7 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
     async stop() {
       for (const timer of timers) clearInterval(timer);
       await Promise.all([closeServer(browserServer), closeServer(mtlsServer)]);
+      await rateLimiters.close();
       if (ownsDb) await db.close();
     },
   };

@@ -15,7 +15,7 @@ import type { Logger } from '../log.ts';
 import type { JwtAccessTokenRegistry } from '../oidc/jwt-access-tokens.ts';
 import { errorPage } from '../../views/messages.ts';
 import { HttpError } from './body.ts';
-import { oauthFormBodies } from './oauth-form-bodies.ts';
+import { jwtAccessTokenHandles, oauthFormBodies } from './oauth-form-bodies.ts';
 import { rfcErrorCodes } from './rfc-error-codes.ts';
 
 export interface ProviderHandle {
@@ -144,8 +144,9 @@ export function createApp(deps: AppDeps): Koa {
     return next();
   });
 
-  app.use(oauthFormBodies({ issuer: deps.issuer, current: deps.current }));
+  app.use(oauthFormBodies());
   for (const middleware of deps.beforeProvider) app.use(middleware);
+  app.use(jwtAccessTokenHandles({ issuer: deps.issuer, current: deps.current }));
   app.use(rfcErrorCodes);
 
   for (const route of deps.routes) app.use(route);

@@ -1,10 +1,12 @@
 // Form bodies of oidc-provider's endpoints, read before it does: strict percent-decoding (malformed
-// bodies are refused, not guessed at), and JWT access tokens at introspection/revocation swapped for
-// a one-request handle that our JwtAccessTokenRegistry resolves.
+// bodies are refused, not guessed at). And, as a separate step placed after the rate limits, JWT
+// access tokens at introspection/revocation swapped for a one-request handle that our
+// JwtAccessTokenRegistry resolves.
 import type Koa from 'koa';
 
 import type { ProviderHandle } from './app.ts';
 import { HttpError, readRawBody } from './body.ts';
+import { providerEndpoint } from './endpoint.ts';
 
 // oidc-provider's own form-body limit.
 const BODY_LIMIT = 56 * 1024;
@@ -36,7 +38,7 @@ export function parseFormStrict(raw: string): FormBody {
   return body;
 }
 
-export function oauthFormBodies(deps: { issuer: string; current: () => ProviderHandle }): Koa.Middleware {
+export function oauthFormBodies(): Koa.Middleware {
   return async (ctx, next) => {
     if (ctx.method !== 'POST' || ctx.path.startsWith('/interaction/') || !ctx.is('application/x-www-form-urlencoded')) {
       return next();
@@ -46,15 +48,22 @@ export function oauthFormBodies(deps: { issuer: string; current: () => ProviderH
       throw new HttpError(400, 'invalid_request', 'only UTF-8 form bodies are supported');
     }
     const raw = await readRawBody(ctx, BODY_LIMIT);
-    const body = parseFormStrict(raw.toString('utf8'));
-    let handle: string | undefined;
-    const { jwtAccessTokens, publicJwks } = deps.current();
-    if (TOKEN_MANAGEMENT_PATHS.has(ctx.path) && typeof body.token === 'string') {
-      handle = await jwtAccessTokens.substitute(body.token, publicJwks as never, deps.issuer);
-      if (handle) body.token = handle;
-    }
     // oidc-provider accepts a body parsed upstream (it logs a one-time notice about it).
-    (ctx.request as unknown as { body: unknown }).body = body;
+    (ctx.request as unknown as { body: unknown }).body = parseFormStrict(raw.toString('utf8'));
+    return next();
+  };
+}
+
+/** Verifies a JWT access token presented for introspection/revocation (a signature check and a read). */
+export function jwtAccessTokenHandles(deps: { issuer: string; current: () => ProviderHandle }): Koa.Middleware {
+  return async (ctx, next) => {
+    const body = (ctx.request as unknown as { body?: FormBody }).body;
+    if (ctx.method !== 'POST' || !TOKEN_MANAGEMENT_PATHS.has(providerEndpoint(ctx.path)) || typeof body?.token !== 'string') {
+      return next();
+    }
+    const { jwtAccessTokens, publicJwks } = deps.current();
+    const handle = await jwtAccessTokens.substitute(body.token, publicJwks as never, deps.issuer);
+    if (handle) body.token = handle;
     try {
       await next();
     } finally {

@@ -10,10 +10,12 @@ import type { Logger } from '../log.ts';
 import { loginPage } from '../../views/login.ts';
 import { consentPage } from '../../views/consent.ts';
 import { describeScopes } from './scope-descriptions.ts';
-import { authenticatePassword, type PasswordLogin } from './password-login.ts';
+import { authenticatePassword, LOGIN_FAILED_MESSAGE, type PasswordLogin } from './password-login.ts';
 import { grantConsent } from './consent.ts';
 import { loginEvent } from './login-events.ts';
 import type { AuditLog } from '../audit/log.ts';
+import { checkLoginRateLimit } from '../ratelimit/login-limit.ts';
+import type { RateLimiters } from '../ratelimit/limiters.ts';
 
 const ROUTE = /^\/interaction\/([A-Za-z0-9_-]{10,64})(?:\/(login|confirm|abort))?$/;
 
@@ -22,6 +24,7 @@ export interface InteractionDeps {
   db: Db;
   audit: AuditLog;
   passwordLogin: PasswordLogin;
+  rateLimiters: RateLimiters;
   logger: Logger;
 }
 
@@ -77,6 +80,15 @@ export function interactionRoutes(deps: InteractionDeps): Koa.Middleware {
     if (action === 'login') {
       if (details.prompt.name !== 'login') ctx.throw(400, 'interaction is not at the login step');
       const username = form.get('username') ?? '';
+      // Before the password check: a refused attempt costs one counter operation, no hashing, no write.
+      const limit = await checkLoginRateLimit(deps.rateLimiters, deps.audit, { ip: ctx.ip, username, clientId });
+      if (!limit.allowed) {
+        ctx.status = 429;
+        ctx.set('Retry-After', String(limit.retryAfterSeconds));
+        return send(ctx, loginPage({
+          action: `${base}/login`, abortAction: `${base}/abort`, clientName, username: username.slice(0, 63), error: LOGIN_FAILED_MESSAGE,
+        }));
+      }
       const outcome = await authenticatePassword(deps.passwordLogin, username, form.get('password') ?? '');
       await deps.audit.record(loginEvent(deps.audit, outcome, username, clientId));
       if (!outcome.ok) {
