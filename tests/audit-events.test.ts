@@ -151,6 +151,17 @@ describe('audit events of real flows', () => {
       ['denied', SERVICE.client_id, 'task-42.step-2', 'client_authentication']);
   });
 
+  test('a path spelled differently (/TOKEN/) reaches the same endpoint and the same audit', async () => {
+    const start = await headSeq();
+    const res = await ts.fetch(`${ts.issuer}/TOKEN/`, {
+      method: 'POST',
+      body: new URLSearchParams({ grant_type: 'client_credentials' }).toString(),
+      headers: { ...form({}).headers, authorization: basicAuth(SERVICE.client_id, 'not-the-secret-0123456789') },
+    });
+    assert.equal(res.status, 401);
+    assert.equal(only(await events(start), 'client.authentication_failed').actor_client, SERVICE.client_id);
+  });
+
   test('patient ids are stored only as keyed pseudonyms', async () => {
     const a1 = await ts.server.audit.record({ type: 'test.patient_access', outcome: 'success', target: { patientId: 'Patient/12345' } });
     const a2 = await ts.server.audit.record({ type: 'test.patient_access', outcome: 'success', target: { patientId: 'Patient/12345' } });
