@@ -14,6 +14,17 @@ const CHAIN_LOCK_KEY = 7_362_002;
 // Detail keys that must never reach the log, whatever a caller passes.
 const FORBIDDEN_DETAIL = /^(token|access_token|refresh_token|id_token|subject_token|actor_token|password|secret|client_secret|cookie|code|code_verifier|authorization|assertion|client_assertion)$/i;
 const MAX_DETAIL_STRING = 256;
+// Events per group commit (18 parameters each, far below PostgreSQL's 65535).
+const MAX_BATCH = 200;
+
+export type StoredAuditRecord = ChainedRecord & { hash: string };
+
+interface Pending {
+  event: AuditEventInput;
+  context: AuditRequestContext | undefined;
+  resolve(record: StoredAuditRecord): void;
+  reject(err: unknown): void;
+}
 
 /**
  * The audit record could not be written, so the action does not happen. Shaped as an OAuth error
@@ -98,27 +109,79 @@ export class AuditLog {
   }
 
   /**
-   * Appends one event. With `tx`, it joins the caller's transaction (the chain lock is then held until
-   * that transaction ends). Throws AuditWriteError when it cannot be written: callers fail closed.
+   * Appends one event and resolves once it is committed. With `tx`, it joins the caller's transaction
+   * (the chain lock is then held until that transaction ends). Without, it joins the next group
+   * commit: concurrent events share one transaction, one chain lock and one commit, so the chain's
+   * serialisation costs one round of database work per batch, not per event.
+   * Throws AuditWriteError when the event cannot be written: callers fail closed.
    */
-  async record(event: AuditEventInput, tx?: Queryable, context = currentRequestContext()): Promise<ChainedRecord & { hash: string }> {
+  async record(event: AuditEventInput, tx?: Queryable, context = currentRequestContext()): Promise<StoredAuditRecord> {
     try {
-      const write = (q: Queryable) => this.append(q, event, context);
-      const stored = tx ? await write(tx) : await this.db.transaction(write);
+      const [stored] = tx ? await this.appendAll(tx, [{ event, context }]) : [await this.enqueue({ event, context })];
       this.logger?.info({ audit: { ...stored, hash: undefined, prevHash: undefined } }, 'audit');
-      return stored;
+      return stored!;
     } catch (err) {
       if (err instanceof AuditWriteError) throw err;
       throw new AuditWriteError(`audit event ${event.type} could not be written`, { cause: err });
     }
   }
 
-  private async append(q: Queryable, event: AuditEventInput, context: AuditRequestContext | undefined) {
+  private readonly queue: Pending[] = [];
+  private flushing = false;
+
+  private enqueue(item: Omit<Pending, 'resolve' | 'reject'>): Promise<StoredAuditRecord> {
+    return new Promise((resolve, reject) => {
+      this.queue.push({ ...item, resolve, reject });
+      if (!this.flushing) void this.flush();
+    });
+  }
+
+  private async flush(): Promise<void> {
+    this.flushing = true;
+    while (this.queue.length > 0) {
+      const batch = this.queue.splice(0, MAX_BATCH);
+      try {
+        const stored = await this.db.transaction((tx) => this.appendAll(tx, batch));
+        batch.forEach((item, i) => item.resolve(stored[i]!));
+      } catch (err) {
+        for (const item of batch) item.reject(err);
+      }
+    }
+    this.flushing = false;
+  }
+
+  private async appendAll(q: Queryable, items: ReadonlyArray<Omit<Pending, 'resolve' | 'reject'>>): Promise<StoredAuditRecord[]> {
     await q.query('SELECT pg_advisory_xact_lock($1)', [CHAIN_LOCK_KEY]);
     const { rows } = await q.query<{ seq: number; hash: string }>('SELECT seq, hash FROM audit_events ORDER BY seq DESC LIMIT 1');
-    const previous = rows[0];
-    const record: ChainedRecord = {
-      seq: previous ? Number(previous.seq) + 1 : 1,
+    let previous = rows[0] ? { seq: Number(rows[0].seq), hash: rows[0].hash } : { seq: 0, hash: GENESIS_HASH };
+    const stored = items.map(({ event, context }) => {
+      const record = this.toRecord(event, context, previous);
+      const withHash = { ...record, hash: chainHash(this.keys.chain, record) };
+      previous = { seq: record.seq, hash: withHash.hash };
+      return withHash;
+    });
+    const params: unknown[] = [];
+    const tuples = stored.map((r) => {
+      const values = [r.seq, r.id, r.occurredAt, r.type, r.outcome, r.severity, r.actorUser, r.actorClient,
+        r.actorCertThumbprint, r.targetClient, r.targetAudience, r.patientPseudonym, r.rule, r.requestId, r.sourceIp,
+        JSON.stringify(r.details), r.prevHash, r.hash];
+      const first = params.length + 1;
+      params.push(...values);
+      return `(${values.map((_, i) => `$${first + i}${i === 15 ? '::jsonb' : ''}`).join(', ')})`;
+    });
+    await q.query(
+      `INSERT INTO audit_events (seq, id, occurred_at, type, outcome, severity, actor_user, actor_client,
+         actor_cert_thumbprint, target_client, target_audience, patient_pseudonym, rule, request_id, source_ip,
+         details, prev_hash, hash)
+       VALUES ${tuples.join(', ')}`,
+      params,
+    );
+    return stored;
+  }
+
+  private toRecord(event: AuditEventInput, context: AuditRequestContext | undefined, previous: { seq: number; hash: string }): ChainedRecord {
+    return {
+      seq: previous.seq + 1,
       id: randomUUID(),
       occurredAt: new Date().toISOString(),
       type: event.type,
@@ -134,19 +197,7 @@ export class AuditLog {
       requestId: context?.requestId ?? null,
       sourceIp: context?.sourceIp ?? null,
       details: cleanDetails(event.details),
-      prevHash: previous?.hash ?? GENESIS_HASH,
+      prevHash: previous.hash,
     };
-    const hash = chainHash(this.keys.chain, record);
-    await q.query(
-      `INSERT INTO audit_events (seq, id, occurred_at, type, outcome, severity, actor_user, actor_client,
-         actor_cert_thumbprint, target_client, target_audience, patient_pseudonym, rule, request_id, source_ip,
-         details, prev_hash, hash)
-       VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16::jsonb, $17, $18)`,
-      [record.seq, record.id, record.occurredAt, record.type, record.outcome, record.severity, record.actorUser,
-        record.actorClient, record.actorCertThumbprint, record.targetClient, record.targetAudience,
-        record.patientPseudonym, record.rule, record.requestId, record.sourceIp, JSON.stringify(record.details),
-        record.prevHash, hash],
-    );
-    return { ...record, hash };
   }
 }

@@ -49,7 +49,8 @@ export class StorageAudit {
     };
   }
 
-  async issued(q: Queryable, model: string, id: string, payload: Payload, expiresIn: number | undefined): Promise<void> {
+  /** q: the caller's transaction, or undefined to join the audit log's group commit. */
+  async issued(q: Queryable | undefined, model: string, id: string, payload: Payload, expiresIn: number | undefined): Promise<void> {
     if (model === 'Session') return; // a session is recorded by its login, which has its own event
     const facts = this.facts(model, id, payload);
     await this.audit.record({
@@ -61,7 +62,7 @@ export class StorageAudit {
     }, q);
   }
 
-  async consumed(q: Queryable, model: string, id: string, payload: Payload): Promise<void> {
+  async consumed(q: Queryable | undefined, model: string, id: string, payload: Payload): Promise<void> {
     if (model === 'Session') return;
     await this.audit.record({
       type: model === 'AuthorizationCode' ? 'code.redeemed' : 'token.refreshed',

@@ -47,9 +47,13 @@ export async function sweepExpired(db: Queryable): Promise<number> {
 class PayloadAdapter implements Adapter {
   constructor(private readonly db: Db, private readonly model: string, private readonly audit: StorageAudit | undefined) {}
 
-  /** Audited models write their audit event in the same transaction as the change (fail closed). */
+  private get auditor(): StorageAudit | undefined {
+    return this.audit?.covers(this.model) ? this.audit : undefined;
+  }
+
+  /** Rare changes (revocations, replays, session ends) write their event in the same transaction. */
   private audited<T>(fn: (q: Queryable, audit: StorageAudit | undefined) => Promise<T>): Promise<T> {
-    const audit = this.audit?.covers(this.model) ? this.audit : undefined;
+    const audit = this.auditor;
     return audit ? this.db.transaction((tx) => fn(tx, audit)) : fn(this.db, undefined);
   }
 
@@ -67,18 +71,18 @@ class PayloadAdapter implements Adapter {
       if (inserted.rowCount === 0) throw new errors.InvalidClientAuth('client assertion tokens must only be used once');
       return;
     }
-    await this.audited(async (q, audit) => {
-      const { rows } = await q.query<{ inserted: boolean }>(
-        `INSERT INTO oidc_payloads (model, id, payload, grant_id, user_code, uid, expires_at)
-         VALUES ($1, $2, $3::jsonb, $4, $5, $6, CASE WHEN $7::double precision IS NULL THEN NULL
-                                                     ELSE now() + make_interval(secs => $7::double precision) END)
-         ON CONFLICT (model, id) DO UPDATE SET payload = EXCLUDED.payload, grant_id = EXCLUDED.grant_id,
-           user_code = EXCLUDED.user_code, uid = EXCLUDED.uid, expires_at = EXCLUDED.expires_at
-         RETURNING (xmax = 0) AS inserted`,
-        [this.model, id, json, payload.grantId ?? null, payload.userCode ?? null, payload.uid ?? null, expiresIn ?? null],
-      );
-      if (rows[0]?.inserted) await audit?.issued(q, this.model, id, payload, expiresIn);
-    });
+    // Issuing is frequent: its event joins the audit log's group commit and is committed BEFORE the
+    // token is stored, so a token whose record could not be written never exists (fail closed).
+    // Tokens and codes are saved exactly once (fresh random ids), so every save is an issue.
+    await this.auditor?.issued(undefined, this.model, id, payload, expiresIn);
+    await this.db.query(
+      `INSERT INTO oidc_payloads (model, id, payload, grant_id, user_code, uid, expires_at)
+       VALUES ($1, $2, $3::jsonb, $4, $5, $6, CASE WHEN $7::double precision IS NULL THEN NULL
+                                                   ELSE now() + make_interval(secs => $7::double precision) END)
+       ON CONFLICT (model, id) DO UPDATE SET payload = EXCLUDED.payload, grant_id = EXCLUDED.grant_id,
+         user_code = EXCLUDED.user_code, uid = EXCLUDED.uid, expires_at = EXCLUDED.expires_at`,
+      [this.model, id, json, payload.grantId ?? null, payload.userCode ?? null, payload.uid ?? null, expiresIn ?? null],
+    );
   }
 
   async find(id: string): Promise<AdapterPayload | undefined> {
@@ -112,16 +116,17 @@ class PayloadAdapter implements Adapter {
    * sequential replay.
    */
   async consume(id: string): Promise<void> {
-    const consumed = await this.audited(async (q, audit) => {
-      const { rows } = await q.query<{ payload: AdapterPayload }>(
-        `UPDATE oidc_payloads SET consumed_at = now()
-         WHERE model = $1 AND id = $2 AND consumed_at IS NULL AND ${NOT_EXPIRED} RETURNING payload`,
-        [this.model, id],
-      );
-      if (rows[0]) await audit?.consumed(q, this.model, id, rows[0].payload);
-      return rows.length === 1;
-    });
-    if (consumed) return;
+    // Atomic first (two processes must never both redeem), then the event; if it cannot be written
+    // the request fails and the code stays spent: nothing is issued without a record.
+    const { rows } = await this.db.query<{ payload: AdapterPayload }>(
+      `UPDATE oidc_payloads SET consumed_at = now()
+       WHERE model = $1 AND id = $2 AND consumed_at IS NULL AND ${NOT_EXPIRED} RETURNING payload`,
+      [this.model, id],
+    );
+    if (rows[0]) {
+      await this.auditor?.consumed(undefined, this.model, id, rows[0].payload);
+      return;
+    }
     await this.audited(async (q, audit) => {
       const { rows: existing } = await q.query<{ payload: AdapterPayload }>(
         'SELECT payload FROM oidc_payloads WHERE model = $1 AND id = $2',
