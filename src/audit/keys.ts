@@ -17,5 +17,7 @@ export function deriveAuditKeys(auditSecret: string): AuditKeys {
  * cannot be read back without the key. `kind` keeps a patient id and a token id with equal text apart.
  */
 export function pseudonymise(keys: AuditKeys, kind: 'patient' | 'token' | 'username' | 'client', value: string): string {
-  return createHmac('sha256', keys.pseudonym).update(`${kind}\0${value}`).digest('base64url');
+  // `Patient/123` and `123` name the same patient and must correlate.
+  const normalised = kind === 'patient' ? value.trim().replace(/^(?:.*\/)?Patient\//, '') : value;
+  return createHmac('sha256', keys.pseudonym).update(`${kind}\0${normalised}`).digest('base64url');
 }

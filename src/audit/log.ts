@@ -2,6 +2,7 @@
 // caller passes one, so the action and its record commit (or fail) together.
 import { randomUUID } from 'node:crypto';
 
+import { DatabaseUnavailableError } from '../db/db.ts';
 import type { Db, Queryable } from '../db/index.ts';
 import type { Logger } from '../log.ts';
 import { chainHash, GENESIS_HASH, type ChainedRecord } from './chain.ts';
@@ -12,8 +13,14 @@ import { currentRequestContext } from './request-context.ts';
 // All writers of every process take this lock in turn, so the chain never forks.
 const CHAIN_LOCK_KEY = 7_362_002;
 // Detail keys that must never reach the log, whatever a caller passes.
-const FORBIDDEN_DETAIL = /^(token|access_token|refresh_token|id_token|subject_token|actor_token|password|secret|client_secret|cookie|code|code_verifier|authorization|assertion|client_assertion)$/i;
+// Matched on the key lower-cased without separators: accessToken, id_token_hint, client-secret, ...
+const FORBIDDEN_DETAIL = /password|secret|cookie|assertion|authorization|verifier|(token|tokenhint|^code)$/;
+// A JWT or JWE under any key is a token value.
+const LOOKS_LIKE_JWT = /^eyJ[A-Za-z0-9_-]*\.[A-Za-z0-9_-]*\./;
 const MAX_DETAIL_STRING = 256;
+const EVENT_TYPE = /^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$/;
+const OUTCOMES = new Set(['success', 'failure', 'denied', 'error']);
+const SEVERITIES = new Set(['info', 'warning', 'high']);
 // Events per group commit (18 parameters each, far below PostgreSQL's 65535).
 const MAX_BATCH = 200;
 
@@ -43,15 +50,36 @@ export class AuditWriteError extends Error {
   }
 }
 
+/**
+ * Text exactly as PostgreSQL will store it: a lone UTF-16 surrogate would come back as U+FFFD and a
+ * NUL is refused, and either would make the stored record differ from what was hashed.
+ */
+function storable(value: string): string {
+  return value.toWellFormed().replace(/\0/g, '\uFFFD');
+}
+const storableOrNull = (value: string | undefined) => (value === undefined ? null : storable(value));
+
+function keepDetail(key: string, value: unknown): boolean {
+  if (FORBIDDEN_DETAIL.test(key.toLowerCase().replace(/[^a-z]/g, ''))) return false;
+  if (typeof value === 'string') return value.length <= MAX_DETAIL_STRING && !LOOKS_LIKE_JWT.test(value); // identifiers, no prose
+  if (Array.isArray(value)) return value.every((v) => typeof v === 'string' && v.length <= MAX_DETAIL_STRING && !LOOKS_LIKE_JWT.test(v));
+  return value === null || typeof value === 'number' || typeof value === 'boolean';
+}
+
 function cleanDetails(details: AuditEventInput['details']): Record<string, AuditDetailValue> {
   const out: Record<string, AuditDetailValue> = {};
   for (const [key, value] of Object.entries(details ?? {})) {
-    if (value === undefined || FORBIDDEN_DETAIL.test(key)) continue;
-    if (typeof value === 'string' && value.length > MAX_DETAIL_STRING) continue; // identifiers only, no prose
-    if (Array.isArray(value) && value.some((v) => typeof v !== 'string' || v.length > MAX_DETAIL_STRING)) continue;
-    out[key] = value;
+    if (value === undefined || !keepDetail(key, value)) continue;
+    out[storable(key)] = typeof value === 'string' ? storable(value) : Array.isArray(value) ? value.map(storable) : value;
   }
   return out;
+}
+
+/** Refused before it joins a batch, so one malformed event cannot fail the others in its commit. */
+function assertWellFormed(event: AuditEventInput): void {
+  if (!EVENT_TYPE.test(event.type) || !OUTCOMES.has(event.outcome) || (event.severity && !SEVERITIES.has(event.severity))) {
+    throw new AuditWriteError(`malformed audit event ${JSON.stringify(event.type).slice(0, 80)}`);
+  }
 }
 
 export interface StoredAuditRow extends Record<string, unknown> {
@@ -117,6 +145,7 @@ export class AuditLog {
    */
   async record(event: AuditEventInput, tx?: Queryable, context = currentRequestContext()): Promise<StoredAuditRecord> {
     try {
+      assertWellFormed(event);
       const [stored] = tx ? await this.appendAll(tx, [{ event, context }]) : [await this.enqueue({ event, context })];
       this.logger?.info({ audit: { ...stored, hash: undefined, prevHash: undefined } }, 'audit');
       return stored!;
@@ -144,7 +173,14 @@ export class AuditLog {
         const stored = await this.db.transaction((tx) => this.appendAll(tx, batch));
         batch.forEach((item, i) => item.resolve(stored[i]!));
       } catch (err) {
-        for (const item of batch) item.reject(err);
+        if (batch.length === 1 || err instanceof DatabaseUnavailableError) {
+          for (const item of batch) item.reject(err);
+          continue;
+        }
+        // Something in the batch was refused: write each on its own so only that one fails.
+        for (const item of batch) {
+          await this.db.transaction((tx) => this.appendAll(tx, [item])).then(([one]) => item.resolve(one!), item.reject);
+        }
       }
     }
     this.flushing = false;
@@ -187,15 +223,15 @@ export class AuditLog {
       type: event.type,
       outcome: event.outcome,
       severity: event.severity ?? (event.outcome === 'success' ? 'info' : 'warning'),
-      actorUser: event.actor?.userId ?? null,
-      actorClient: event.actor?.clientId ?? null,
-      actorCertThumbprint: event.actor?.certThumbprint ?? context?.certThumbprint ?? null,
-      targetClient: event.target?.clientId ?? null,
-      targetAudience: event.target?.audience ?? null,
+      actorUser: storableOrNull(event.actor?.userId),
+      actorClient: storableOrNull(event.actor?.clientId),
+      actorCertThumbprint: storableOrNull(event.actor?.certThumbprint ?? context?.certThumbprint),
+      targetClient: storableOrNull(event.target?.clientId),
+      targetAudience: storableOrNull(event.target?.audience),
       patientPseudonym: event.target?.patientId ? this.pseudonym('patient', event.target.patientId) : null,
-      rule: event.rule ?? null,
-      requestId: context?.requestId ?? null,
-      sourceIp: context?.sourceIp ?? null,
+      rule: storableOrNull(event.rule),
+      requestId: storableOrNull(context?.requestId),
+      sourceIp: storableOrNull(context?.sourceIp),
       details: cleanDetails(event.details),
       prevHash: previous.hash,
     };

@@ -1,6 +1,8 @@
 // Admin CLI: `npm run -s cli -- <command>`. Same configuration (environment) as the server, so it acts
 // on the same database and key material. stdout carries only the command's JSON result; errors are
 // one line on stderr. Exit codes: 0 success, 1 failure, 2 usage error.
+import { auditExportCommand } from './commands/audit-export.ts';
+import { auditVerifyCommand } from './commands/audit-verify.ts';
 import { clientAddCommand } from './commands/client-add.ts';
 import { keysRotateCommand } from './commands/keys-rotate.ts';
 import { migrateCommand } from './commands/migrate.ts';
@@ -9,7 +11,9 @@ import { userAddCommand } from './commands/user-add.ts';
 import { closeOpenDatabase, UsageError, type Command } from './context.ts';
 
 const PROGRAM = 'clinical-authz';
-const COMMANDS: readonly Command[] = [migrateCommand, seedCommand, userAddCommand, clientAddCommand, keysRotateCommand];
+const COMMANDS: readonly Command[] = [
+  migrateCommand, seedCommand, userAddCommand, clientAddCommand, keysRotateCommand, auditVerifyCommand, auditExportCommand,
+];
 
 // Libraries (oidc-provider notices) may write to the console: keep stdout for the JSON result.
 for (const method of ['log', 'info', 'debug'] as const) {
@@ -100,7 +104,8 @@ async function runCli(argv: string[]): Promise<number> {
     return 0;
   }
   const result = await found.command.run(found.rest);
-  process.stdout.write(`${JSON.stringify(result)}\n`);
+  // undefined: the command wrote its output to stdout itself (audit export).
+  if (result !== undefined) process.stdout.write(`${JSON.stringify(result)}\n`);
   return 0;
 }
 
