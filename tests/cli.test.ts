@@ -211,6 +211,12 @@ describe('admin CLI', { concurrency: true }, () => {
     assert.equal(user!.fhir_user, 'Practitioner/42');
     assert.deepEqual(user!.roles, ['clinician', 'admin']);
     assert.equal(user!.display_name, 'Gregory House');
+    const events = await ws.query<{ type: string; details: Record<string, unknown>; rule: string }>(
+      "SELECT type, details, rule FROM audit_events WHERE type = 'admin.user_created'",
+    );
+    assert.equal(events.length, 1, 'the admin change is audited');
+    assert.equal(events[0]!.details.user_id, created.id);
+    assert.equal(events[0]!.rule, 'admin.cli');
   });
 
   test('client add: secret shown once and stored as a keyed digest; invalid metadata refused', async (t) => {
@@ -248,8 +254,11 @@ describe('admin CLI', { concurrency: true }, () => {
     assert.ok(secret.length >= 32);
     assert.deepEqual(addedPublic, { client_id: 'bedside-app' });
     failure(fragmentRun, 1, /redirect_uris must not contain fragments/);
-    // Refused, though src/clients/register.ts words it as "client_secret is mandatory property".
-    failure(badMethodRun, 1, /client refused/);
+    failure(badMethodRun, 1, /client refused: token_endpoint_auth_method must be one of/);
+    const registered = await ws.query<{ target_client: string }>(
+      "SELECT target_client FROM audit_events WHERE type = 'admin.client_registered' ORDER BY seq",
+    );
+    assert.deepEqual(registered.map((r) => r.target_client), [added.client_id, 'bedside-app'], 'registrations are audited, refusals are not registrations');
     const rows = await ws.query<{ client_id: string; metadata: Record<string, unknown> }>(
       'SELECT client_id, metadata FROM clients ORDER BY client_id',
     );
