@@ -12,7 +12,8 @@ export const MAX_ACCESS_TOKEN_TTL = 3600;
 const EnvSchema = z.object({
   NODE_ENV: z.enum(['development', 'production', 'test']).default('development'),
   ISSUER: z.url().default('https://localhost:3000'),
-  HOST: z.string().default('0.0.0.0'),
+  /** Default: all interfaces in production, loopback only in development (the demo seed's passwords are public). */
+  HOST: z.string().optional(),
   PORT: z.coerce.number().int().min(0).max(65535).default(3000),
   MTLS_PORT: z.coerce.number().int().min(0).max(65535).default(3001),
   /** Public base URL of the mTLS listener (advertised in mtls_endpoint_aliases). */
@@ -37,8 +38,10 @@ const EnvSchema = z.object({
   LOGIN_LOCK_SECONDS: seconds.default(900),
   /** Seconds between checks for a rotated signing key set on disk. */
   KEYS_RELOAD_INTERVAL: seconds.default(30),
-  /** Behind a TLS-terminating proxy: trust X-Forwarded-* (oidc-provider `proxy`). */
+  /** Behind a TLS-terminating proxy: trust X-Forwarded-* (oidc-provider `proxy`), from TRUSTED_PROXIES only. */
   TRUST_PROXY: boolean.default(false),
+  /** Comma-separated addresses or CIDR ranges of the proxies whose X-Forwarded-* headers are believed. */
+  TRUSTED_PROXIES: z.string().optional(),
   /** Shared rate-limit counters in Redis instead of PostgreSQL. */
   REDIS_URL: z.string().min(1).optional(),
   RATE_LIMIT_ENABLED: boolean.default(true),
@@ -70,6 +73,7 @@ export interface Config {
   seedFile: string | undefined;
   demoSeed: boolean;
   trustProxy: boolean;
+  trustedProxies: string[];
   keysReloadIntervalSeconds: number;
   ttl: {
     accessToken: number;
@@ -106,6 +110,9 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     throw new ConfigError(`invalid configuration: ${formatIssues(parsed.error.issues)}`);
   }
   const e = parsed.data;
+  if (e.TRUST_PROXY && !e.TRUSTED_PROXIES) {
+    throw new ConfigError('TRUST_PROXY=true needs TRUSTED_PROXIES (the proxies whose forwarded headers are believed)');
+  }
   const issuer = e.ISSUER.replace(/\/+$/, '');
   const issuerUrl = new URL(issuer);
   const mtlsBaseUrl = (e.MTLS_BASE_URL ?? defaultMtlsBase(issuerUrl, e.MTLS_PORT)).replace(/\/+$/, '');
@@ -113,7 +120,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
   const config: Config = {
     env: e.NODE_ENV,
     issuer,
-    host: e.HOST,
+    host: e.HOST ?? (e.NODE_ENV === 'production' ? '0.0.0.0' : '127.0.0.1'),
     port: e.PORT,
     mtlsPort: e.MTLS_PORT,
     mtlsBaseUrl,
@@ -125,6 +132,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     seedFile: e.SEED_FILE,
     demoSeed: e.DEMO_SEED ?? e.NODE_ENV !== 'production',
     trustProxy: e.TRUST_PROXY,
+    trustedProxies: (e.TRUSTED_PROXIES ?? '').split(',').map((p) => p.trim()).filter(Boolean),
     keysReloadIntervalSeconds: e.KEYS_RELOAD_INTERVAL,
     ttl: {
       accessToken: e.ACCESS_TOKEN_TTL,
@@ -168,6 +176,10 @@ function assertProductionSafe(config: Config): void {
   }
   if (config.demoSeed) {
     throw new ConfigError('production refuses DEMO_SEED=true');
+  }
+  if (config.seedFile) {
+    // Seeding a production database is an administrative act: `npm run cli -- seed FILE`, audited.
+    throw new ConfigError('production refuses SEED_FILE (use `npm run cli -- seed FILE`)');
   }
 }
 

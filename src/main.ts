@@ -13,7 +13,7 @@ async function main() {
   const logger = createLogger(config.logLevel);
   const server = await startServer({ config, logger });
   logger.info({ issuer: server.issuer, mtls: server.mtlsBaseUrl, database: server.db.kind }, 'listening');
-  if (server.seeded) process.stdout.write(tryItGuide(server, path.relative(process.cwd(), config.keysDir) || '.'));
+  if (server.seededDemo) process.stdout.write(tryItGuide(server, path.relative(process.cwd(), config.keysDir) || '.'));
 
   let stopping = false;
   const stop = (signal: string) => {

@@ -24,6 +24,7 @@ import { assertNotDev, loadOrCreateSecrets, type ServerSecrets } from './keystor
 import { loadOrCreateSigningKeys, providerJwks, signingKeysVersion } from './keystore/signing-keys.ts';
 import type { Logger } from './log.ts';
 import { sweepExpired } from './oidc/adapter.ts';
+import { JwtAccessTokenRegistry } from './oidc/jwt-access-tokens.ts';
 import { buildProvider } from './oidc/provider.ts';
 import { clientRateLimit } from './ratelimit/client-limit.ts';
 import { createRateLimiters } from './ratelimit/limiters.ts';
@@ -48,6 +49,8 @@ export interface RunningServer {
   tls: TlsMaterial;
   secrets: ServerSecrets;
   seeded: SeedResult | undefined;
+  /** The demo seed (public passwords) was loaded: print the try-it guide. */
+  seededDemo: boolean;
   audit: AuditLog;
   provider(): Provider;
   /** Re-reads the signing keys now (the timer does it every KEYS_RELOAD_INTERVAL seconds). */
@@ -137,10 +140,12 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
 
   const audit = new AuditLog(db, deriveAuditKeys(secrets.auditKey), logger);
   const storageAudit = new StorageAudit(audit);
+  const jwtAccessTokens = new JwtAccessTokenRegistry(db, storageAudit);
   const build = (): ProviderHandle => {
     const jwks = providerJwks(keySet);
     const built = buildProvider({
       config: effective, db, logger, jwks, cookieKeys: secrets.cookieKeys, clientSecretKey: secrets.clientSecretKey, storageAudit,
+      jwtAccessTokens,
     });
     return { ...built, publicJwks: { keys: jwks.keys.map(publicJwk) } };
   };
@@ -162,6 +167,7 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
     logger,
     issuer,
     trustProxy: config.trustProxy,
+    trustedProxies: config.trustedProxies,
     cookieKeys: secrets.cookieKeys,
     current: () => current,
     beforeProvider: [
@@ -175,7 +181,9 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
   const reloadKeys = async () => {
     const version = await signingKeysVersion(config.keysDir);
     if (version === keysVersion) return false;
-    keySet = await loadOrCreateSigningKeys(config.keysDir, { allowGenerate: false });
+    const reloaded = await loadOrCreateSigningKeys(config.keysDir, { allowGenerate: false });
+    if (production) assertNotDev('signing keys', reloaded.dev);
+    keySet = reloaded;
     current = build();
     keysVersion = version;
     logger.info({ kids: keySet.keys.map((k) => k.kid) }, 'signing keys reloaded');
@@ -197,6 +205,7 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
     tls,
     secrets,
     seeded,
+    seededDemo: seeded !== undefined && seedFile === DEMO_SEED_FILE,
     audit,
     provider: () => current.provider,
     reloadKeys,

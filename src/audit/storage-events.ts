@@ -13,7 +13,7 @@ const TOKEN_TYPES: Record<string, string> = {
   RefreshToken: 'refresh_token',
   AuthorizationCode: 'authorization_code',
 };
-const AUDITED = new Set([...Object.keys(TOKEN_TYPES), 'Session']);
+const AUDITED = new Set([...Object.keys(TOKEN_TYPES), 'Session', 'Grant']);
 
 type Payload = AdapterPayload & { 'x5t#S256'?: string; sessionUid?: string };
 
@@ -51,7 +51,8 @@ export class StorageAudit {
 
   /** q: the caller's transaction, or undefined to join the audit log's group commit. */
   async issued(q: Queryable | undefined, model: string, id: string, payload: Payload, expiresIn: number | undefined): Promise<void> {
-    if (model === 'Session') return; // a session is recorded by its login, which has its own event
+    // Sessions and grants are recorded by the login and the consent that create them.
+    if (!(model in TOKEN_TYPES)) return;
     const facts = this.facts(model, id, payload);
     await this.audit.record({
       type: model === 'AuthorizationCode' ? 'code.issued' : 'token.issued',
@@ -63,7 +64,7 @@ export class StorageAudit {
   }
 
   async consumed(q: Queryable | undefined, model: string, id: string, payload: Payload): Promise<void> {
-    if (model === 'Session') return;
+    if (!(model in TOKEN_TYPES)) return;
     await this.audit.record({
       type: model === 'AuthorizationCode' ? 'code.redeemed' : 'token.refreshed',
       outcome: 'success',
@@ -88,6 +89,10 @@ export class StorageAudit {
       await this.audit.record({
         type: 'session.ended', outcome: 'success', rule: 'oidc.end_session', actor: { userId: payload.accountId },
       }, q);
+      return;
+    }
+    if (model === 'Grant') {
+      await this.grantRevoked(q, id, [{ model, payload }]);
       return;
     }
     if (model === 'AuthorizationCode') return; // codes are consumed, not revoked

@@ -16,6 +16,7 @@ import type { JwtAccessTokenRegistry } from '../oidc/jwt-access-tokens.ts';
 import { errorPage } from '../../views/messages.ts';
 import { HttpError } from './body.ts';
 import { jwtAccessTokenHandles, oauthFormBodies } from './oauth-form-bodies.ts';
+import { trustedProxies } from './trusted-proxies.ts';
 import { rfcErrorCodes } from './rfc-error-codes.ts';
 
 export interface ProviderHandle {
@@ -30,6 +31,7 @@ export interface AppDeps {
   logger: Logger;
   issuer: string;
   trustProxy: boolean;
+  trustedProxies: string[];
   /** oidc-provider's cookie keys: mounted, it signs cookies through this app's context. */
   cookieKeys: string[];
   current: () => ProviderHandle;
@@ -78,6 +80,8 @@ export function createApp(deps: AppDeps): Koa {
     return middleware;
   };
   let stylesheet: Promise<Buffer> | undefined;
+
+  app.use(trustedProxies(deps.trustProxy, deps.trustedProxies));
 
   app.use(async (ctx, next) => {
     const incoming = ctx.get('X-Request-Id');

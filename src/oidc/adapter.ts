@@ -27,8 +27,11 @@ function serialise(payload: AdapterPayload): string {
 
 const NOT_EXPIRED = '(expires_at IS NULL OR expires_at > now())';
 
-/** Deletes every stored artefact of a grant (tokens, codes, the grant itself) in one statement. */
-export async function revokeGrant(db: Queryable, grantId: string, audit?: StorageAudit): Promise<number> {
+/**
+ * Deletes every stored artefact of a grant (tokens, codes, the grant itself) in one statement: for a
+ * detected replay, where the whole grant is presumed stolen.
+ */
+export async function revokeWholeGrant(db: Queryable, grantId: string, audit?: StorageAudit): Promise<number> {
   const result = await db.query(
     `DELETE FROM oidc_payloads WHERE grant_id = $1 OR (model = 'Grant' AND id = $1) RETURNING model, payload`,
     [grantId],
@@ -134,7 +137,7 @@ class PayloadAdapter implements Adapter {
       );
       const payload = existing[0]?.payload;
       await audit?.replayed(q, this.model, id, payload);
-      if (payload?.grantId) await revokeGrant(q, payload.grantId, audit);
+      if (payload?.grantId) await revokeWholeGrant(q, payload.grantId, audit);
     });
     throw new errors.InvalidGrant('grant source already consumed');
   }
@@ -149,8 +152,12 @@ class PayloadAdapter implements Adapter {
     });
   }
 
+  /**
+   * This model's artefacts of the grant only: oidc-provider calls it per model and destroys the
+   * Grant itself separately when its revokeGrantPolicy says so (that destroy is the audited event).
+   */
   async revokeByGrantId(grantId: string): Promise<void> {
-    await this.audited((q, audit) => revokeGrant(q, grantId, audit));
+    await this.db.query('DELETE FROM oidc_payloads WHERE model = $1 AND grant_id = $2', [this.model, grantId]);
   }
 }
 

@@ -25,6 +25,8 @@ export interface ProviderDeps {
   logger: Logger;
   /** Records token/code/session changes in the audit log inside their own transactions. */
   storageAudit?: StorageAudit | undefined;
+  /** One per server, shared by every provider build, so a key reload mid-request loses no handle. */
+  jwtAccessTokens?: JwtAccessTokenRegistry | undefined;
 }
 
 export interface BuiltProvider {
@@ -48,7 +50,7 @@ async function extraTokenClaims(ctx: KoaContextWithOIDC, token: { extra?: Record
 
 export function buildProvider(deps: ProviderDeps): BuiltProvider {
   const { config, db, logger } = deps;
-  const jwtAccessTokens = new JwtAccessTokenRegistry(db, deps.storageAudit);
+  const jwtAccessTokens = deps.jwtAccessTokens ?? new JwtAccessTokenRegistry(db, deps.storageAudit);
 
   const configuration: Configuration = {
     adapter: createAdapter(db, deps.storageAudit),
@@ -80,11 +82,16 @@ export function buildProvider(deps: ProviderDeps): BuiltProvider {
       short: { signed: true, httpOnly: true, sameSite: 'lax', secure: true },
     },
     ttl: {
-      AccessToken: (_ctx, token) => token.resourceServer?.accessTokenTTL ?? config.ttl.accessToken,
+      // A resource server may ask for shorter tokens, never longer than the configured cap.
+      AccessToken: (_ctx, token) => Math.min(token.resourceServer?.accessTokenTTL ?? Infinity, config.ttl.accessToken),
       AuthorizationCode: config.ttl.authorizationCode,
-      ClientCredentials: (_ctx, token) => token.resourceServer?.accessTokenTTL ?? config.ttl.clientCredentials,
+      ClientCredentials: (_ctx, token) => Math.min(token.resourceServer?.accessTokenTTL ?? Infinity, config.ttl.clientCredentials),
       IdToken: config.ttl.idToken,
-      RefreshToken: config.ttl.refreshToken,
+      // Absolute: a rotated refresh token inherits what was left of its predecessor's life.
+      RefreshToken: (ctx) => {
+        const rotated = ctx?.oidc?.entities?.RotatedRefreshToken as { remainingTTL?: number } | undefined;
+        return Math.max(1, Math.min(config.ttl.refreshToken, rotated?.remainingTTL ?? Infinity));
+      },
       Interaction: config.ttl.interaction,
       Session: config.ttl.session,
       Grant: config.ttl.grant,
@@ -115,10 +122,12 @@ export function buildProvider(deps: ProviderDeps): BuiltProvider {
       },
       revocation: {
         enabled: true,
-        // A client revokes only its own tokens (RFC 7009 §2.1); anything else is refused.
+        // A client revokes only its own tokens (RFC 7009 §2.1). A public client learns nothing about
+        // another client's token (no refusal that would tell a live token from garbage).
         allowedPolicy: async (_ctx, client, token) => {
-          if (token.clientId !== client.clientId) throw new errors.InvalidRequest('client is not authorized to revoke the presented token');
-          return true;
+          if (token.clientId === client.clientId) return true;
+          if (client.clientAuthMethod === 'none') return false;
+          throw new errors.InvalidRequest('client is not authorized to revoke the presented token');
         },
       },
       userinfo: { enabled: true },
@@ -140,10 +149,13 @@ export function buildProvider(deps: ProviderDeps): BuiltProvider {
         getResourceServerInfo: async (_ctx, indicator, client) => {
           const rs = await findResourceServer(db, indicator);
           if (!rs) throw new errors.InvalidTarget('unknown resource indicator');
+          // oidc-provider keeps only requested scopes found here, so this makes the grant
+          // requested ∩ resource server ∩ client ceiling for every grant type.
+          const scope = intersectScopes(rs.scope, resourceScopeCeiling(client));
+          // Deny by default: no scope of this resource server in the client's ceiling, no audience.
+          if (!scope) throw new errors.InvalidTarget('client is not allowed to use this resource');
           return {
-            // oidc-provider keeps only requested scopes found here, so this makes the grant
-            // requested ∩ resource server ∩ client ceiling for every grant type.
-            scope: intersectScopes(rs.scope, resourceScopeCeiling(client)),
+            scope,
             audience: rs.identifier,
             accessTokenFormat: rs.accessTokenFormat,
             ...(rs.accessTokenTtl ? { accessTokenTTL: rs.accessTokenTtl } : {}),

@@ -30,11 +30,16 @@ export interface ClaimedClient {
   clientId: string | undefined;
 }
 
+/**
+ * Counted per (claimed client, source address): the claim is unverified at this point, so a budget
+ * per claimed client alone would let anyone exhaust a real client's budget with wrong secrets.
+ */
 export function claimedClient(ctx: Koa.Context): ClaimedClient {
   const clientId = claimedClientId(ctx);
+  const source = ctx.ip || 'unknown';
   return clientId !== undefined
-    ? { key: counterKey('c', clientId), clientId }
-    : { key: counterKey('ip', ctx.ip || 'unknown'), clientId: undefined };
+    ? { key: counterKey('c', `${clientId}|${source}`), clientId }
+    : { key: counterKey('ip', source), clientId: undefined };
 }
 
 function refuse(ctx: Koa.Context, status: number, retryAfterSeconds: number, description: string) {

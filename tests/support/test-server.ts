@@ -12,6 +12,10 @@ import { startServer, type RunningServer } from '../../src/server.ts';
 import { createTestDb, type TestDb } from './test-db.ts';
 
 export const FHIR = 'https://fhir.test/r4';
+/** A resource server asking for hour-long tokens (the configured cap must win). */
+export const TOOLS = 'https://tools.test/api';
+/** A resource server no test client has any scope for. */
+export const OTHER = 'https://other.test/api';
 export const CLINICIAN = { username: 'dr.test', password: 'test-password-123456', fhirUser: 'Practitioner/test-1' };
 export const APP = {
   client_id: 'test-app',
@@ -23,7 +27,11 @@ export const PUBLIC_APP = { client_id: 'test-public-app', redirect_uri: 'https:/
 
 export const TEST_SEED: Seed = SeedSchema.parse({
   users: [{ username: CLINICIAN.username, password: CLINICIAN.password, displayName: 'Dr Test', fhirUser: CLINICIAN.fhirUser, roles: ['clinician'] }],
-  resourceServers: [{ identifier: FHIR, name: 'Test FHIR', scope: 'patient/Observation.rs patient/Patient.rs system/Patient.rs user/Patient.rs' }],
+  resourceServers: [
+    { identifier: FHIR, name: 'Test FHIR', scope: 'patient/Observation.rs patient/Patient.rs system/Patient.rs user/Patient.rs' },
+    { identifier: TOOLS, name: 'Test tools', scope: 'tools/run', accessTokenTtl: 3600 },
+    { identifier: OTHER, name: 'Nobody\'s API', scope: 'other/read' },
+  ],
   clients: [
     {
       client_id: APP.client_id,
@@ -41,7 +49,7 @@ export const TEST_SEED: Seed = SeedSchema.parse({
       grant_types: ['client_credentials'],
       response_types: [],
       redirect_uris: [],
-      resource_scope: 'system/Patient.rs',
+      resource_scope: 'system/Patient.rs tools/run',
     },
     {
       client_id: PUBLIC_APP.client_id,
