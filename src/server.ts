@@ -8,6 +8,7 @@ import type { JWK } from 'jose';
 import type Provider from 'oidc-provider';
 
 import { LoginThrottle } from './accounts/login-throttle.ts';
+import { warmUpPasswordHashing } from './accounts/passwords.ts';
 import { auditResponses } from './audit/http-events.ts';
 import { deriveAuditKeys } from './audit/keys.ts';
 import { AuditLog } from './audit/log.ts';
@@ -162,6 +163,8 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
   const throttle = new LoginThrottle(db, secrets.auditKey, {
     maxFailures: config.login.maxFailures, lockSeconds: config.login.lockSeconds, baseDelayMs: 250, maxDelayMs: 4_000,
   });
+  // The unknown-user dummy hash exists before the first login, so its timing tells nothing.
+  await warmUpPasswordHashing();
   callback = createApp({
     db,
     logger,
@@ -192,7 +195,11 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
   const timers = [
     setInterval(() => { reloadKeys().catch((err: Error) => logger.warn({ err: err.message }, 'signing key reload failed')); },
       config.keysReloadIntervalSeconds * 1000),
-    setInterval(() => { sweepExpired(db).catch(() => {}); }, SWEEP_INTERVAL_MS),
+    setInterval(() => {
+      const warn = (what: string) => (err: Error) => logger.warn({ err: err.message }, `${what} sweep failed`);
+      sweepExpired(db).catch(warn('expired rows'));
+      throttle.sweep().catch(warn('login throttle'));
+    }, SWEEP_INTERVAL_MS),
   ];
   for (const timer of timers) timer.unref();
 

@@ -1,11 +1,20 @@
 // The real login form over HTTPS: markup, escaping, generic failures, throttling and lock, consent,
 // body limits and RP-initiated logout.
 import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { after, before, describe, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { promisify } from 'node:util';
 
+import { errors } from 'oidc-provider';
+
+import { LoginThrottle } from '../src/accounts/login-throttle.ts';
+import { burnPasswordVerification, warmUpPasswordHashing } from '../src/accounts/passwords.ts';
+import { migrate } from '../src/db/migrate.ts';
+import { grantConsent } from '../src/interactions/consent.ts';
 import { applySeed, SeedSchema } from '../src/seed/seed.ts';
+import { createTestDb, type TestDb } from './support/test-db.ts';
 import { APP, CLINICIAN, startTestServer, type TestServer } from './support/test-server.ts';
 
 type Response = Awaited<ReturnType<TestServer['fetch']>>;
@@ -357,5 +366,209 @@ describe('lock expiry', () => {
     await sleep(2_500);
     const ok = await login(ts, started, CLINICIAN.username, CLINICIAN.password);
     assert.equal(ok.res.status, 303, ok.text.slice(0, 300));
+  });
+});
+
+describe('concurrent failed logins cannot outrun the lock', () => {
+  let ts: TestServer;
+
+  before(async () => {
+    // The per-username and per-IP rate limiters set high: only the lock itself bounds the guesses.
+    ts = await startTestServer({ env: { LOGIN_MAX_FAILURES: '5', RATE_LIMIT_LOGIN_USER_POINTS: '1000', RATE_LIMIT_LOGIN_IP_POINTS: '1000' } });
+  });
+
+  after(async () => {
+    await ts?.stop();
+  });
+
+  async function auditCounts(): Promise<Record<string, number>> {
+    const { rows } = await ts.testDb.db.query<{ type: string; n: number }>(
+      "SELECT type, count(*)::int AS n FROM audit_events WHERE type IN ('login.failed', 'login.locked') GROUP BY type",
+    );
+    return Object.fromEntries(rows.map((r) => [r.type, r.n]));
+  }
+
+  async function throttleRows(): Promise<number[]> {
+    const { rows } = await ts.testDb.db.query<{ failures: number }>('SELECT failures FROM login_throttle');
+    return rows.map((r) => r.failures);
+  }
+
+  for (const kind of ['known', 'unknown'] as const) {
+    test(`20 parallel wrong passwords for one ${kind} username: at most LOGIN_MAX_FAILURES password checks, then locked`, async () => {
+      const username = kind === 'known' ? CLINICIAN.username : `ghost.${randomBytes(4).toString('hex')}`;
+      const password = kind === 'known' ? CLINICIAN.password : 'any-password-at-all-0000';
+      await ts.testDb.db.query('DELETE FROM login_throttle');
+      const before = await auditCounts();
+      const started = await startAuthorization(ts);
+      const results = await Promise.all(Array.from({ length: 20 }, (_, i) => login(ts, started, username, `wrong-password-${i}-0000`)));
+
+      for (const result of results) assertGenericFailure(result, result.res.status === 401 ? 401 : 429);
+      const after = await auditCounts();
+      const failed = (after['login.failed'] ?? 0) - (before['login.failed'] ?? 0);
+      const locked = (after['login.locked'] ?? 0) - (before['login.locked'] ?? 0);
+      assert.equal(failed + locked, 20, 'every attempt audited');
+      assert.ok(failed <= 5, `${failed} login.failed events (at most LOGIN_MAX_FAILURES)`);
+      assert.equal(results.filter((r) => r.res.status === 401).length, failed);
+      // One row per username; its count is the number of password verifications granted.
+      const rows = await throttleRows();
+      assert.equal(rows.length, 1);
+      assert.ok(rows[0]! <= 5, `${rows[0]} password checks for one username`);
+      assert.equal(rows[0], 5, 'the lock was reached');
+
+      const correct = await login(ts, started, username, password);
+      assertGenericFailure(correct, 429);
+      assert.equal((await throttleRows())[0], 5, 'a refused attempt is not counted and checks no password');
+    });
+  }
+});
+
+describe('consent after the grant vanished', () => {
+  let ts: TestServer;
+
+  before(async () => {
+    ts = await startTestServer();
+  });
+
+  after(async () => {
+    await ts?.stop();
+  });
+
+  /** Allows every consent page on the way; returns where the browser leaves the server and the statuses seen. */
+  async function allowUntilClient(browser: Browser, res: Response): Promise<{ url: URL; statuses: number[] }> {
+    const statuses = [res.status];
+    let current = res;
+    for (let rounds = 0; rounds < 3; rounds += 1) {
+      const { res: landed, url } = await follow(ts, browser, current);
+      statuses.push(landed.status);
+      if (url.origin !== new URL(ts.issuer).origin) return { url, statuses };
+      const page = await landed.text();
+      assert.equal(landed.status, 200, page.slice(0, 300));
+      assert.match(page, /Allow access\?/, 'another consent page');
+      current = await browser.postForm(`${ts.issuer}${url.pathname}/confirm`, {});
+      statuses.push(current.status);
+      assert.notEqual(current.status, 500);
+    }
+    throw new Error('consent never finished');
+  }
+
+  test('grant deleted while the consent page is open: Allow gives a code (fresh grant), never 500', async () => {
+    const browser = new Browser(ts);
+    const first = await signInAndConsent(ts, await startAuthorization(ts, browser));
+    assert.ok(first.searchParams.get('code'));
+
+    // Signed in; an added scope needs consent again.
+    const second = await startAuthorization(ts, browser, APP, { scope: 'openid profile' });
+    const page = await browser.request(second.interaction);
+    const text = await page.text();
+    assert.equal(page.status, 200, text.slice(0, 300));
+    assert.match(text, /Allow access\?/);
+
+    const deleted = await ts.testDb.db.query("DELETE FROM oidc_payloads WHERE model = 'Grant'");
+    assert.ok((deleted.rowCount ?? 0) >= 1, 'the grant row existed');
+
+    const confirmed = await browser.postForm(`${ts.issuer}${second.interaction}/confirm`, {});
+    assert.equal(confirmed.status, 303, await confirmed.clone().text());
+    const { url, statuses } = await allowUntilClient(browser, confirmed);
+    assert.ok(!statuses.includes(500), `statuses: ${statuses.join(', ')}`);
+    assert.equal(`${url.origin}${url.pathname}`, APP.redirect_uri);
+    assert.equal(url.searchParams.get('error'), null, url.href);
+    assert.ok(url.searchParams.get('code'), 'a code');
+    assert.equal(url.searchParams.get('state'), second.state);
+
+    const { rows } = await ts.testDb.db.query<{ n: number }>("SELECT count(*)::int AS n FROM oidc_payloads WHERE model = 'Grant'");
+    assert.equal(rows[0]?.n, 1, 'one fresh grant');
+  });
+
+  test('consent without a signed-in account: an oidc-provider error, not a plain Error', async () => {
+    const details = { session: undefined, params: { client_id: APP.client_id }, prompt: { name: 'consent', details: {} } };
+    let recorded = false;
+    await assert.rejects(
+      grantConsent(ts.server.provider(), details as unknown as Parameters<typeof grantConsent>[1], async () => { recorded = true; }),
+      (err: unknown) => err instanceof errors.SessionNotFound && (err as { status?: number }).status === 400,
+    );
+    assert.equal(recorded, false);
+  });
+});
+
+describe('login throttle sweep', () => {
+  let testDb: TestDb;
+
+  before(async () => {
+    testDb = await createTestDb();
+    await migrate(testDb.db);
+  });
+
+  after(async () => {
+    await testDb?.drop();
+  });
+
+  test('rows older than the lock window and not locked are deleted; recent or locked rows stay', async () => {
+    const key = randomBytes(32).toString('base64url');
+    const throttle = new LoginThrottle(testDb.db, key, { maxFailures: 3, lockSeconds: 1, baseDelayMs: 1, maxDelayMs: 1 });
+    for (let i = 0; i < 100; i += 1) {
+      const reservation = await throttle.reserve(`random.${randomBytes(6).toString('hex')}`);
+      assert.equal(reservation.granted, true);
+    }
+    // One username locked, too: its lock ends with the window.
+    for (let i = 0; i < 3; i += 1) await throttle.reserve('locked.user');
+    assert.deepEqual(await throttle.reserve('locked.user'), { granted: false });
+    await sleep(1_300);
+
+    await throttle.reserve('recent.user');
+    // A lock still running is kept even when its last attempt is old.
+    await testDb.db.query(
+      `INSERT INTO login_throttle (username_hash, failures, last_failure_at, locked_until)
+       VALUES ('still-locked', 3, now() - interval '1 hour', now() + interval '1 hour')`,
+    );
+    assert.equal(await throttle.sweep(), 101);
+    const { rows } = await testDb.db.query<{ username_hash: string; failures: number }>('SELECT username_hash, failures FROM login_throttle ORDER BY username_hash');
+    assert.equal(rows.length, 2);
+    assert.ok(rows.some((r) => r.username_hash === 'still-locked'));
+    assert.ok(rows.some((r) => r.failures === 1 && r.username_hash !== 'still-locked'), 'the recent row');
+    assert.equal(await throttle.sweep(), 0);
+  });
+
+  test('an expired lock starts a fresh count: the next attempt is checked', async () => {
+    const throttle = new LoginThrottle(testDb.db, randomBytes(32).toString('base64url'), { maxFailures: 2, lockSeconds: 1, baseDelayMs: 1, maxDelayMs: 1 });
+    assert.deepEqual(await throttle.reserve('someone'), { granted: true, failures: 1, locked: false });
+    assert.deepEqual(await throttle.reserve('someone'), { granted: true, failures: 2, locked: true });
+    assert.deepEqual(await throttle.reserve('someone'), { granted: false });
+    await sleep(1_100);
+    assert.deepEqual(await throttle.reserve('someone'), { granted: true, failures: 1, locked: false });
+  });
+});
+
+describe('password hashing warm-up', () => {
+  test('in a fresh process, after warmUpPasswordHashing the first unknown-user check costs about one verification', async () => {
+    // Child processes: the dummy hash is per process, and this one has built it already. argon2's first
+    // runs in a process are slower, so the first burn is compared with the verification that follows it
+    // (without the warm-up it would cost a hash plus a verification, about twice as long).
+    const script = `
+      import { burnPasswordVerification, hashPassword, verifyPassword, warmUpPasswordHashing } from ${JSON.stringify(new URL('../src/accounts/passwords.ts', import.meta.url).href)};
+      await warmUpPasswordHashing();
+      await warmUpPasswordHashing();
+      const real = await hashPassword('a-real-password-for-timing');
+      let t0 = performance.now();
+      const burned = await burnPasswordVerification('a-wrong-password-000');
+      const burn = performance.now() - t0;
+      t0 = performance.now();
+      await verifyPassword(real, 'a-wrong-password-000');
+      const verify = performance.now() - t0;
+      console.log(JSON.stringify({ burn, verify, burned }));
+    `;
+    const ratios: number[] = [];
+    for (let run = 0; run < 3; run += 1) {
+      const { stdout } = await promisify(execFile)(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', script]);
+      const { burn, verify, burned } = JSON.parse(stdout.trim().split('\n').at(-1)!) as { burn: number; verify: number; burned: boolean };
+      assert.equal(burned, false, 'never succeeds');
+      ratios.push(burn / verify);
+    }
+    const median = ratios.sort((a, b) => a - b)[1]!;
+    assert.ok(median < 1.5, `first burn / verification: ${ratios.map((r) => r.toFixed(2)).join(', ')}`);
+  });
+
+  test('burnPasswordVerification works without a warm-up too (built on first use)', async () => {
+    assert.equal(await burnPasswordVerification('anything-at-all-0000'), false);
+    await warmUpPasswordHashing();
   });
 });

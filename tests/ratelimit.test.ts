@@ -189,13 +189,14 @@ describe('client id claimed by the request', () => {
   const basic = (user: string, secret = 's') => `Basic ${Buffer.from(`${user}:${secret}`).toString('base64')}`;
 
   test('HTTP Basic user part, form-urlencoded as RFC 6749 §2.3.1 says', () => {
-    assert.deepEqual(claimedClient(ctxFor({ authorization: basic('svc%3Aone') })), { key: 'c:svc:one', clientId: 'svc:one' });
+    // Counted per (claimed client, source address): an unverified claim must not let anyone exhaust a real client.
+    assert.deepEqual(claimedClient(ctxFor({ authorization: basic('svc%3Aone') })), { key: 'c:svc:one|198.51.100.7', clientId: 'svc:one' });
     assert.equal(claimedClient(ctxFor({ authorization: basic('my+app') })).clientId, 'my app');
     assert.equal(claimedClient(ctxFor({ authorization: basic('plain') }, { client_id: 'other' })).clientId, 'plain', 'Basic first');
   });
 
   test('client_id, then the subject of an unverified client assertion, then the source address', async () => {
-    assert.equal(claimedClient(ctxFor({}, { client_id: 'body-client' })).key, 'c:body-client');
+    assert.equal(claimedClient(ctxFor({}, { client_id: 'body-client' })).key, 'c:body-client|198.51.100.7');
     const assertion = await new SignJWT({}).setProtectedHeader({ alg: 'HS256' }).setIssuer('jwt-client').setSubject('jwt-client')
       .sign(randomBytes(32));
     assert.equal(claimedClient(ctxFor({}, { client_assertion: assertion })).clientId, 'jwt-client');
@@ -206,7 +207,7 @@ describe('client id claimed by the request', () => {
   test('long or unusual client ids are hashed into the key; the endpoints match as oidc-provider routes them', () => {
     const long = 'x'.repeat(5000);
     const { key } = claimedClient(ctxFor({}, { client_id: long }));
-    assert.equal(key, `c#:${createHash('sha256').update(long).digest('base64url')}`);
+    assert.equal(key, `c#:${createHash('sha256').update(`${long}|198.51.100.7`).digest('base64url')}`);
     assert.equal(claimedClient(ctxFor({}, { client_id: 'ünïcode' })).key.startsWith('c#:'), true);
     assert.equal(limitedEndpoint('/token'), '/token');
     assert.equal(limitedEndpoint('/TOKEN/'), '/token');

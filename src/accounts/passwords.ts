@@ -24,9 +24,25 @@ export async function verifyPassword(hash: string, password: string): Promise<bo
   }
 }
 
-// Verified when the username is unknown, so a miss costs as long as a wrong password.
+// Verified when the username is unknown (or disabled), so a miss costs as long as a wrong password.
+// Built once per process; warmUpPasswordHashing() at start-up keeps the first miss from also paying
+// for the hash (a one-off timing tell otherwise).
 let dummyHash: Promise<string> | undefined;
-export function burnPasswordVerification(password: string): Promise<boolean> {
-  dummyHash ??= hashPassword('not-a-real-password-only-for-timing');
-  return dummyHash.then((hash) => verifyPassword(hash, password)).then(() => false);
+
+function dummy(): Promise<string> {
+  dummyHash ??= hashPassword('not-a-real-password-only-for-timing').catch((err: unknown) => {
+    dummyHash = undefined;
+    throw err;
+  });
+  return dummyHash;
+}
+
+/** Builds the dummy hash used for unknown usernames. Call (and await) once at start-up; idempotent. */
+export async function warmUpPasswordHashing(): Promise<void> {
+  await dummy();
+}
+
+export async function burnPasswordVerification(password: string): Promise<false> {
+  await verifyPassword(await dummy(), password);
+  return false;
 }

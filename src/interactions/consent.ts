@@ -1,6 +1,6 @@
 // Turns the consent screen's "Allow" into a Grant: what was asked, cut to the client's ceiling.
 import type Provider from 'oidc-provider';
-import type { InteractionResults } from 'oidc-provider';
+import { errors, type InteractionResults } from 'oidc-provider';
 
 type Details = Awaited<ReturnType<Provider['interactionDetails']>>;
 
@@ -22,12 +22,14 @@ export async function grantConsent(
 ): Promise<NonNullable<InteractionResults['consent']>> {
   const accountId = details.session?.accountId;
   const clientId = String(details.params.client_id);
-  if (!accountId) throw new Error('consent without a signed-in account');
+  // An oidc-provider error (400 invalid_request), not a 500: the session ended under the interaction.
+  if (!accountId) throw new errors.SessionNotFound('consent without a signed-in account');
 
-  const grant = details.grantId
-    ? await provider.Grant.find(details.grantId)
-    : new provider.Grant({ accountId, clientId });
-  if (!grant) throw new Error('grant vanished during consent');
+  // The grant may have gone while the consent page was open (revoked after a refresh-token replay or a
+  // token revocation, or expired at GRANT_TTL). Start a fresh one holding only what this page showed:
+  // oidc-provider then asks consent again for anything the revoked grant held, rather than restoring it.
+  const existing = details.grantId ? await provider.Grant.find(details.grantId) : undefined;
+  const grant = existing ?? new provider.Grant({ accountId, clientId });
 
   const missing = details.prompt.details as {
     missingOIDCScope?: string[];
@@ -47,5 +49,5 @@ export async function grantConsent(
     resources: Object.keys(missing.missingResourceScopes ?? {}),
   });
   const grantId = await grant.save();
-  return details.grantId ? {} : { grantId };
+  return existing ? {} : { grantId };
 }

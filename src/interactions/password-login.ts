@@ -23,7 +23,11 @@ export async function authenticatePassword(deps: PasswordLogin, username: string
     ({ ok: false, locked, reason, message: LOGIN_FAILED_MESSAGE });
 
   if (!username || !password || username.length > 63 || password.length > MAX_PASSWORD_LENGTH) return fail('bad_input');
-  if (await deps.throttle.isLocked(username)) return fail('locked', true);
+
+  // Count the attempt before checking the password, atomically: a locked username gets no check at
+  // all, and parallel requests cannot get more checks than LOGIN_MAX_FAILURES between them.
+  const reservation = await deps.throttle.reserve(username);
+  if (!reservation.granted) return fail('locked', true);
 
   const user = await findUserByUsername(deps.db, username);
   const valid = user && !user.disabled
@@ -31,10 +35,10 @@ export async function authenticatePassword(deps: PasswordLogin, username: string
     : await burnPasswordVerification(password);
 
   if (!valid || !user) {
-    const state = await deps.throttle.recordFailure(username);
-    // The growing delay slows guessing even before the lock; it costs the server only a timer.
-    await sleep(deps.throttle.delayFor(state.failures));
-    return fail(state.locked ? 'locked' : 'bad_credentials', state.locked);
+    // The failure is already counted. The growing delay slows a sequential guesser before the lock;
+    // it costs the server only a timer (the lock, not the delay, bounds a parallel one).
+    await sleep(deps.throttle.delayFor(reservation.failures));
+    return fail(reservation.locked ? 'locked' : 'bad_credentials', reservation.locked);
   }
   await deps.throttle.reset(username);
   return { ok: true, user, acr: ACR_PASSWORD, amr: AMR_PASSWORD };
