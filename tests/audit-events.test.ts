@@ -4,10 +4,10 @@ import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 
 import * as oidc from 'openid-client';
-import { fetch as undiciFetch } from 'undici';
 
 import type { StoredAuditRow } from '../src/audit/log.ts';
 import { Browser } from './support/login-flow.ts';
+import { relyingParty } from './support/relying-party.ts';
 import { APP, basicAuth, CLINICIAN, FHIR, form, SERVICE, startTestServer, type TestServer } from './support/test-server.ts';
 
 let ts: TestServer;
@@ -27,15 +27,7 @@ function only(rows: StoredAuditRow[], type: string): StoredAuditRow {
   return found[0]!;
 }
 
-async function appConfig() {
-  const fetchWithCa = ((url: string, options: Record<string, unknown>) =>
-    undiciFetch(url, { ...options, dispatcher: ts.dispatcher } as never)) as unknown as oidc.CustomFetch;
-  const config = await oidc.discovery(new URL(ts.issuer), APP.client_id, undefined, oidc.ClientSecretBasic(APP.client_secret), {
-    [oidc.customFetch]: fetchWithCa,
-  });
-  config[oidc.customFetch] = fetchWithCa;
-  return config;
-}
+const appConfig = () => relyingParty(ts);
 
 function tokenRequest(params: Record<string, string>, auth: string, requestId?: string) {
   return ts.fetch(`${ts.issuer}/token`, {

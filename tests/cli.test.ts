@@ -1,12 +1,10 @@
 // The admin CLI as operators run it: a real child process with the server's environment variables,
 // against its own database (a fresh PostgreSQL database when DATABASE_URL is set, else PGlite).
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import { cp, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { after, describe, test, type TestContext } from 'node:test';
-import { fileURLToPath } from 'node:url';
 
 import { verifyPassword } from '../src/accounts/passwords.ts';
 import type { Db } from '../src/db/index.ts';
@@ -14,71 +12,17 @@ import { createPgliteDb } from '../src/db/pglite.ts';
 import { loadOrCreateSecrets } from '../src/keystore/secrets.ts';
 import { loadOrCreateSigningKeys, providerJwks, type SigningKeySet } from '../src/keystore/signing-keys.ts';
 import { digestClientSecret } from '../src/oidc/client-secrets.ts';
+import { cliEnv, failure, result, ROOT, runCli, tempDir, type Run } from './support/cli.ts';
 import { createTestDb } from './support/test-db.ts';
 
-const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const POSTGRES = Boolean(process.env.DATABASE_URL);
 const PASSWORD = 'correct-horse-battery-staple';
-
-interface Run {
-  code: number | null;
-  stdout: string;
-  stderr: string;
-}
 
 interface Workspace {
   dir: string;
   run(args: string[], stdin?: string): Promise<Run>;
   /** Queries the workspace's database; call it only while no CLI process is running (PGlite). */
   query<R>(sql: string, params?: unknown[]): Promise<R[]>;
-}
-
-function runCli(env: NodeJS.ProcessEnv, args: string[], stdin?: string): Promise<Run> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, ['--import', 'tsx', 'src/cli/main.ts', ...args], { cwd: ROOT, env });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.setEncoding('utf8').on('data', (d: string) => { stdout += d; });
-    child.stderr.setEncoding('utf8').on('data', (d: string) => { stderr += d; });
-    const timer = setTimeout(() => child.kill('SIGKILL'), 60_000);
-    child.on('error', reject);
-    child.on('close', (code) => {
-      clearTimeout(timer);
-      resolve({ code, stdout, stderr });
-    });
-    child.stdin.on('error', () => {}); // the CLI may exit before reading stdin
-    child.stdin.end(stdin ?? '');
-  });
-}
-
-/** The single JSON object a successful command prints (and nothing else on stdout). */
-function result(run: Run): Record<string, unknown> {
-  assert.equal(run.code, 0, `exit code 0 expected; stderr: ${run.stderr}`);
-  assert.match(run.stdout, /^\{.*\}\n$/, 'stdout holds exactly one JSON line');
-  return JSON.parse(run.stdout) as Record<string, unknown>;
-}
-
-/** A failure: the expected exit code, nothing on stdout, one `clinical-authz: ...` line on stderr. */
-function failure(run: Run, code: number, message: RegExp): void {
-  assert.equal(run.code, code, `exit code ${code} expected; stderr: ${run.stderr}`);
-  assert.equal(run.stdout, '');
-  assert.match(run.stderr, /^clinical-authz: [^\n]+\n$/, 'one line on stderr');
-  assert.match(run.stderr, message);
-  assert.doesNotMatch(run.stderr, /\n\s+at /, 'no stack trace');
-}
-
-async function tempDir(t: TestContext): Promise<string> {
-  const dir = await mkdtemp(path.join(os.tmpdir(), 'cli-test-'));
-  t.after(() => rm(dir, { recursive: true, force: true }));
-  return dir;
-}
-
-function cliEnv(dir: string, databaseUrl: string | undefined): NodeJS.ProcessEnv {
-  const env: NodeJS.ProcessEnv = { ...process.env, KEYS_DIR: dir, DATA_DIR: dir, NODE_ENV: 'test', DEMO_SEED: 'false' };
-  delete env.NODE_TEST_CONTEXT;
-  if (databaseUrl) env.DATABASE_URL = databaseUrl;
-  else delete env.DATABASE_URL;
-  return env;
 }
 
 // PGlite: creating a database (initdb) is the slowest step, so it runs once, in the migrate test's

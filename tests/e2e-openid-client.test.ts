@@ -4,39 +4,11 @@ import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
 
 import * as oidc from 'openid-client';
-import { fetch as undiciFetch } from 'undici';
 
-import { Browser } from './support/login-flow.ts';
+import { relyingParty, signIn } from './support/relying-party.ts';
 import { APP, CLINICIAN, FHIR, SERVICE, startTestServer, type TestServer } from './support/test-server.ts';
 
 let ts: TestServer;
-
-function clientConfig(clientId: string, secret: string) {
-  const fetchWithCa = ((url: string, options: Record<string, unknown>) =>
-    undiciFetch(url, { ...options, dispatcher: ts.dispatcher } as never)) as unknown as oidc.CustomFetch;
-  return oidc.discovery(new URL(ts.issuer), clientId, undefined, oidc.ClientSecretBasic(secret), {
-    [oidc.customFetch]: fetchWithCa,
-  }).then((config) => {
-    config[oidc.customFetch] = fetchWithCa;
-    return config;
-  });
-}
-
-/** Sends the clinician through login and consent with PKCE; returns what redeeming the code needs. */
-async function signIn(config: oidc.Configuration, params: Record<string, string>) {
-  const verifier = oidc.randomPKCECodeVerifier();
-  const state = oidc.randomState();
-  const url = oidc.buildAuthorizationUrl(config, {
-    redirect_uri: APP.redirect_uri,
-    resource: FHIR,
-    code_challenge: await oidc.calculatePKCECodeChallenge(verifier),
-    code_challenge_method: 'S256',
-    state,
-    ...params,
-  });
-  const callback = await new Browser(ts).authorize(url, CLINICIAN.username, CLINICIAN.password);
-  return { callback, checks: { pkceCodeVerifier: verifier, expectedState: state } };
-}
 
 before(async () => {
   ts = await startTestServer();
@@ -44,7 +16,7 @@ before(async () => {
 after(() => ts.stop());
 
 test('discovery publishes S256-only PKCE, code flow only, and our endpoints', async () => {
-  const config = await clientConfig(APP.client_id, APP.client_secret);
+  const config = await relyingParty(ts);
   const metadata = config.serverMetadata();
   assert.equal(metadata.issuer, ts.issuer);
   assert.deepEqual(metadata.code_challenge_methods_supported, ['S256']);
@@ -57,9 +29,9 @@ test('discovery publishes S256-only PKCE, code flow only, and our endpoints', as
 });
 
 test('authorization code + PKCE through the login form, refresh rotation, revocation', async () => {
-  const config = await clientConfig(APP.client_id, APP.client_secret);
+  const config = await relyingParty(ts);
   const nonce = oidc.randomNonce();
-  const { callback, checks } = await signIn(config, {
+  const { callback, checks } = await signIn(ts, config, {
     scope: 'openid profile fhirUser offline_access patient/Observation.rs', nonce, prompt: 'consent',
   });
   assert.equal(callback.origin + callback.pathname, APP.redirect_uri);
@@ -93,8 +65,8 @@ test('authorization code + PKCE through the login form, refresh rotation, revoca
 });
 
 test('revoking an access token makes introspection answer inactive; the code cannot be redeemed twice', async () => {
-  const config = await clientConfig(APP.client_id, APP.client_secret);
-  const { callback, checks } = await signIn(config, { scope: 'openid patient/Observation.rs' });
+  const config = await relyingParty(ts);
+  const { callback, checks } = await signIn(ts, config, { scope: 'openid patient/Observation.rs' });
   const tokens = await oidc.authorizationCodeGrant(config, callback, checks, { resource: FHIR });
   assert.equal((await oidc.tokenIntrospection(config, tokens.access_token)).active, true);
   await oidc.tokenRevocation(config, tokens.access_token);
@@ -107,7 +79,7 @@ test('revoking an access token makes introspection answer inactive; the code can
 });
 
 test('client credentials gives a short-lived JWT access token for the resource server', async () => {
-  const config = await clientConfig(SERVICE.client_id, SERVICE.client_secret);
+  const config = await relyingParty(ts, SERVICE.client_id, SERVICE.client_secret);
   const tokens = await oidc.clientCredentialsGrant(config, { scope: 'system/Patient.rs', resource: FHIR });
   const [header, payload] = tokens.access_token.split('.').slice(0, 2).map((p) => JSON.parse(Buffer.from(p, 'base64url').toString()));
   assert.equal(header.typ, 'at+jwt');

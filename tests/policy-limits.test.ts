@@ -4,11 +4,10 @@ import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 
 import * as oidc from 'openid-client';
-import { fetch as undiciFetch } from 'undici';
 
-import { Browser } from './support/login-flow.ts';
+import { relyingParty, signIn } from './support/relying-party.ts';
 import {
-  APP, basicAuth, CLINICIAN, FHIR, form, OTHER, PUBLIC_APP, SERVICE, startTestServer, TOOLS, type TestServer,
+  APP, basicAuth, FHIR, form, OTHER, PUBLIC_APP, SERVICE, startTestServer, TOOLS, type TestServer,
 } from './support/test-server.ts';
 
 let ts: TestServer;
@@ -26,19 +25,9 @@ const serviceAuth = () => basicAuth(SERVICE.client_id, SERVICE.client_secret);
 const appAuth = () => basicAuth(APP.client_id, APP.client_secret);
 
 async function signInWithRefreshToken() {
-  const fetchWithCa = ((url: string, options: Record<string, unknown>) =>
-    undiciFetch(url, { ...options, dispatcher: ts.dispatcher } as never)) as unknown as oidc.CustomFetch;
-  const config = await oidc.discovery(new URL(ts.issuer), APP.client_id, undefined, oidc.ClientSecretBasic(APP.client_secret), {
-    [oidc.customFetch]: fetchWithCa,
-  });
-  config[oidc.customFetch] = fetchWithCa;
-  const verifier = oidc.randomPKCECodeVerifier();
-  const url = oidc.buildAuthorizationUrl(config, {
-    redirect_uri: APP.redirect_uri, scope: 'openid offline_access patient/Observation.rs', resource: FHIR, prompt: 'consent',
-    code_challenge: await oidc.calculatePKCECodeChallenge(verifier), code_challenge_method: 'S256', state: 'st',
-  });
-  const callback = await new Browser(ts).authorize(url, CLINICIAN.username, CLINICIAN.password);
-  const tokens = await oidc.authorizationCodeGrant(config, callback, { pkceCodeVerifier: verifier, expectedState: 'st' }, { resource: FHIR });
+  const config = await relyingParty(ts);
+  const { callback, checks } = await signIn(ts, config, { scope: 'openid offline_access patient/Observation.rs', prompt: 'consent' });
+  const tokens = await oidc.authorizationCodeGrant(config, callback, checks, { resource: FHIR });
   return { config, tokens };
 }
 
