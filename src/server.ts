@@ -101,7 +101,10 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
     if (ownsDb) await db.close().catch(() => {});
     throw new StartupError(`database unreachable (${config.databaseUrl ? 'DATABASE_URL' : 'embedded'}): ${((err as Error).cause as Error | undefined)?.message ?? (err as Error).message}`);
   }
-  const applied = await migrate(db);
+  const applied = await migrate(db).catch(async (err: Error) => {
+    if (ownsDb) await db.close().catch(() => {});
+    throw new StartupError(err.message);
+  });
   if (applied.length) logger.info({ migrations: applied }, 'database migrated');
   const rateLimiters = await createRateLimiters(config, db, { logger }).catch(async (err: Error) => {
     if (ownsDb) await db.close().catch(() => {});

@@ -186,15 +186,17 @@ describe('graceful shutdown', () => {
     const run = runMain({
       KEYS_DIR: path.join(dir, 'keys'), DATA_DIR: path.join(dir, 'data'), PORT: '0', MTLS_PORT: '0', ISSUER: 'https://localhost:0',
       HOST: '127.0.0.1', LOG_LEVEL: 'info',
-    }, /"msg":"listening"/);
-    await run.ready;
-    const { stdout } = run.output();
-    assert.match(stdout, /Sign in as clinician/, 'the demo seed guide is printed on an empty database');
-    // The embedded database is single-process: a second opener is refused while the server runs.
+    }, /(?=[\s\S]*"msg":"listening")(?=[\s\S]*Sign in as clinician)/); // listening, and the demo seed guide printed
     const dataDir = path.join(dir, 'data', 'pglite');
-    await assert.rejects(createPgliteDb(dataDir), (e: Error) => e instanceof DatabaseInUseError && /in use by process/.test(e.message));
-    run.child.kill('SIGTERM');
-    assert.equal(await run.exited, 0);
+    try {
+      await run.ready;
+      // The embedded database is single-process: a second opener is refused while the server runs.
+      await assert.rejects(createPgliteDb(dataDir), (e: Error) => e instanceof DatabaseInUseError && /in use by process/.test(e.message));
+      run.child.kill('SIGTERM');
+      assert.equal(await run.exited, 0);
+    } finally {
+      run.child.kill('SIGKILL');
+    }
     const reopened = await createPgliteDb(dataDir); // the lock is released on shutdown
     assert.equal((await reopened.query<{ n: number }>('SELECT count(*)::int AS n FROM users')).rows[0]!.n, 1);
     await reopened.close();

@@ -422,3 +422,120 @@ describe('health', () => {
     assert.deepEqual(await json(await ts.fetch(`${ts.issuer}/readyz`)), { status: 'ready' });
   });
 });
+
+describe('NUL characters in lookup keys: 4xx, never 500', () => {
+  // Its own server: these requests must not disturb the shared one (rate limits, login throttle).
+  let nts: TestServer;
+  // Imported here so that this block stays self-contained at the end of the file.
+  let Browser: typeof import('./support/login-flow.ts').Browser;
+  let CLINICIAN: typeof import('./support/test-server.ts').CLINICIAN;
+  let LOGIN_FAILED_MESSAGE: string;
+  before(async () => {
+    ({ Browser } = await import('./support/login-flow.ts'));
+    ({ CLINICIAN } = await import('./support/test-server.ts'));
+    ({ LOGIN_FAILED_MESSAGE } = await import('../src/interactions/password-login.ts'));
+    nts = await startTestServer();
+  });
+  after(async () => {
+    await nts?.stop();
+  });
+
+  /** A 4xx answer, JSON or HTML, without a stack trace and never `server_error`. */
+  async function expectClientError(res: Response, what: string): Promise<string> {
+    const text = await res.text();
+    assert.ok(res.status >= 400 && res.status < 500, `${what}: status ${res.status}: ${text.slice(0, 300)}`);
+    const type = res.headers.get('content-type') ?? '';
+    assert.match(type, /^(application\/json|text\/html)/, `${what}: JSON or HTML error, got ${type}`);
+    assertNoStackTrace(text);
+    assert.doesNotMatch(text, /server_error/, `${what}: not a server error: ${text.slice(0, 300)}`);
+    if (type.startsWith('application/json')) {
+      assert.equal(typeof (JSON.parse(text) as { error?: unknown }).error, 'string', `${what}: an OAuth error code`);
+    }
+    return text;
+  }
+
+  function nulAuthUrl(params: Record<string, string>): URL {
+    const url = new URL(`${nts.issuer}/auth`);
+    for (const [k, v] of Object.entries(params)) url.searchParams.set(k, v);
+    return url;
+  }
+
+  function get(path: string, accept: string) {
+    return nts.fetch(`${nts.issuer}${path}`, { headers: { accept } });
+  }
+
+  /** A JWT signed by a key the server does not know, with the given claims. */
+  async function foreignJwt(claims: Record<string, unknown>): Promise<string> {
+    const { privateKey } = await generateKeyPair('ES256');
+    return new SignJWT(claims)
+      .setProtectedHeader({ alg: 'ES256' })
+      .setIssuedAt()
+      .setExpirationTime('5m')
+      .setJti(randomBytes(8).toString('base64url'))
+      .sign(privateKey);
+  }
+
+  for (const accept of ['application/json', 'text/html']) {
+    test(`GET /auth?client_id=%00 (${accept})`, async () => {
+      await expectClientError(await get('/auth?client_id=%00', accept), '/auth client_id NUL');
+      await expectClientError(await get(`/auth?client_id=a%00b&response_type=code&scope=openid&redirect_uri=${encodeURIComponent(APP.redirect_uri)}`, accept), '/auth client_id a NUL b');
+    });
+
+    test(`GET /session/end?client_id=%00 (${accept})`, async () => {
+      await expectClientError(await get('/session/end?client_id=%00', accept), '/session/end client_id NUL');
+    });
+
+    test(`GET /session/end with an id_token_hint whose aud contains NUL (${accept})`, async () => {
+      const hint = await foreignJwt({ iss: nts.issuer, sub: 'someone', aud: 'a\u0000b' });
+      await expectClientError(await get(`/session/end?id_token_hint=${hint}`, accept), '/session/end id_token_hint aud NUL');
+    });
+  }
+
+  test('GET /auth with a resource indicator containing NUL: refused as invalid_request, never server_error', async () => {
+    const url = nulAuthUrl({
+      client_id: APP.client_id, response_type: 'code', redirect_uri: APP.redirect_uri, scope: 'openid', state: 'nul-1',
+      code_challenge: pkce().challenge, code_challenge_method: 'S256', resource: `${FHIR}\u0000`,
+    });
+    const res = await nts.fetch(url, { headers: { accept: 'application/json' } });
+    if (res.status >= 300 && res.status < 400) {
+      // The client and redirect_uri are valid, so the error goes back to the client (RFC 6749 §4.1.2.1).
+      await res.arrayBuffer();
+      const location = new URL(res.headers.get('location') ?? '', nts.issuer);
+      assert.equal(`${location.origin}${location.pathname}`, APP.redirect_uri, `redirected to the client: ${location.href}`);
+      assert.equal(location.searchParams.get('error'), 'invalid_request', location.href);
+      assert.equal(location.searchParams.get('state'), 'nul-1');
+      assert.equal(location.searchParams.get('code'), null);
+    } else {
+      await expectClientError(res, '/auth resource NUL');
+    }
+  });
+
+  test('POST /token with a client_assertion whose iss and sub contain NUL: 4xx', async () => {
+    const assertion = await foreignJwt({ iss: 'a\u0000b', sub: 'a\u0000b', aud: `${nts.issuer}/token` });
+    const f = form({
+      ...CC_PARAMS,
+      client_assertion_type: 'urn:ietf:params:oauth:client-assertion-type:jwt-bearer',
+      client_assertion: assertion,
+    });
+    const res = await nts.fetch(`${nts.issuer}/token`, { method: 'POST', body: f.body, headers: f.headers });
+    await expectClientError(res, '/token client_assertion NUL');
+  });
+
+  for (const username of ['a\u0000b', 'dr.test\u0000']) {
+    test(`login with username ${JSON.stringify(username)}: 400 invalid_request or 401 with the generic message`, async () => {
+      const browser = new Browser(nts);
+      const start = await browser.follow(await browser.get(nulAuthUrl({
+        client_id: APP.client_id, response_type: 'code', redirect_uri: APP.redirect_uri, scope: 'openid', state: 's',
+        code_challenge: pkce().challenge, code_challenge_method: 'S256',
+      })));
+      const action = /action="(\/interaction\/[^"]+\/login)"/.exec(start.body)?.[1];
+      assert.ok(action, `a login page: ${start.status} ${start.body.slice(0, 300)}`);
+      const step = await browser.post(new URL(action, nts.issuer), { username, password: CLINICIAN.password });
+      assert.ok([400, 401].includes(step.status), `status ${step.status}: ${step.body.slice(0, 300)}`);
+      assertNoStackTrace(step.body);
+      if (step.status === 401) assert.ok(step.body.includes(LOGIN_FAILED_MESSAGE), 'the generic login failure message');
+      else assert.match(step.body, /invalid_request/);
+      assert.doesNotMatch(step.body, /server_error/);
+    });
+  }
+});

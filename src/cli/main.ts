@@ -113,10 +113,13 @@ function describeError(err: unknown): string {
   if (!(err instanceof Error)) return String(err);
   // Errors the code raises on purpose carry a message for the operator; anything else is unexpected.
   const known = ['UsageError', 'CliError', 'ConfigError', 'KeyMaterialError', 'SeedError', 'ClientRegistrationError',
-    'UserExistsError', 'StartupError'];
+    'UserExistsError', 'StartupError', 'MigrationError', 'DatabaseInUseError'];
   const message = err.message.replace(/\s*\n\s*/g, ' ').trim();
   if (err.name === 'DatabaseUnavailableError') {
     return `database unavailable: ${(err.cause as Error | undefined)?.message ?? message}`;
+  }
+  if (err.name === 'InvalidInputError' || err.name === 'AuditWriteError') {
+    return `${message}: ${String((err as { error_description?: unknown }).error_description)}`;
   }
   return known.includes(err.name) ? message : `unexpected error: ${message || err.name}`;
 }

@@ -4,7 +4,9 @@ import path from 'node:path';
 
 import { PGlite } from '@electric-sql/pglite';
 
-import { DatabaseUnavailableError, type Db, type Queryable, type QueryResult, type Row } from './db.ts';
+import {
+  assertStorableParams, DatabaseUnavailableError, translateError, translateScriptError, type Db, type Queryable, type QueryResult, type Row,
+} from './db.ts';
 
 export class DatabaseInUseError extends Error {
   override name = 'DatabaseInUseError';
@@ -60,11 +62,20 @@ export async function createPgliteDb(dataDir: string | undefined): Promise<Db> {
 
   const wrap = (target: Pick<PGlite, 'query' | 'exec'>): Queryable => ({
     async exec(sql: string) {
-      await target.exec(sql);
+      try {
+        await target.exec(sql);
+      } catch (err) {
+        throw translateScriptError(err);
+      }
     },
     async query<R extends Row>(sql: string, params?: readonly unknown[]): Promise<QueryResult<R>> {
-      const result = await target.query<R>(sql, params as unknown[] | undefined);
-      return { rows: result.rows, rowCount: result.affectedRows ?? result.rows.length };
+      assertStorableParams(params);
+      try {
+        const result = await target.query<R>(sql, params as unknown[] | undefined);
+        return { rows: result.rows, rowCount: result.affectedRows ?? result.rows.length };
+      } catch (err) {
+        throw translateError(err);
+      }
     },
   });
   const root = wrap(pglite);

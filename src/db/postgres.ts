@@ -1,7 +1,9 @@
 // PostgreSQL back-end through pg.Pool.
 import pg from 'pg';
 
-import { DatabaseUnavailableError, translateError, type Db, type Queryable, type QueryResult, type Row } from './db.ts';
+import {
+  assertStorableParams, DatabaseUnavailableError, translateError, translateScriptError, type Db, type Queryable, type QueryResult, type Row,
+} from './db.ts';
 
 // int8 (count(*), bigserial) as a JS number, as PGlite returns it; our values stay far below 2^53.
 const types = {
@@ -9,18 +11,40 @@ const types = {
     oid === 20 ? (value: string) => Number(value) : pg.types.getTypeParser(oid, format)) as typeof pg.types.getTypeParser,
 };
 
-export function createPostgresDb(connectionString: string, poolSize: number): Db {
+/** A request's statement never runs longer than this, on the server (statement_timeout) or as seen by us. */
+export const STATEMENT_TIMEOUT_MS = 10_000;
+/** A transaction left open without a statement is ended by the server after this. */
+export const IDLE_IN_TRANSACTION_TIMEOUT_MS = 15_000;
+// Scripts (migrations) may legitimately run long: no client-side read timeout for them (the largest
+// value setTimeout accepts; the migration runner lifts statement_timeout for its own transactions).
+const SCRIPT_TIMEOUT_MS = 2 ** 31 - 1;
+
+export interface PostgresDbOptions {
+  /** How long to wait for a free pooled connection (or a new one) before answering 503. */
+  connectionTimeoutMillis?: number;
+}
+
+export function createPostgresDb(connectionString: string, poolSize: number, options: PostgresDbOptions = {}): Db {
   const pool = new pg.Pool({
     connectionString,
     max: poolSize,
-    connectionTimeoutMillis: 5_000,
+    connectionTimeoutMillis: options.connectionTimeoutMillis ?? 5_000,
     idleTimeoutMillis: 30_000,
+    // A database that stops answering (no RST: a black-holed host) must become a 503, not a hung request.
+    query_timeout: STATEMENT_TIMEOUT_MS,
+    keepAlive: true,
+    // Sent as startup parameters, equivalent to options '-c statement_timeout=... -c ...'; named ones
+    // so that an `options` in DATABASE_URL neither replaces nor is replaced by them (a DATABASE_URL
+    // `?statement_timeout=` still overrides, deliberately).
+    statement_timeout: STATEMENT_TIMEOUT_MS,
+    idle_in_transaction_session_timeout: IDLE_IN_TRANSACTION_TIMEOUT_MS,
     types,
   });
   // An idle client losing its connection must not crash the process; the next query reports it.
   pool.on('error', () => {});
 
   const run = async <R extends Row>(client: pg.Pool | pg.PoolClient, sql: string, params?: readonly unknown[]) => {
+    assertStorableParams(params);
     try {
       const result = await client.query(sql, params as unknown[] | undefined);
       return { rows: result.rows as R[], rowCount: result.rowCount ?? 0 } satisfies QueryResult<R>;
@@ -28,12 +52,19 @@ export function createPostgresDb(connectionString: string, poolSize: number): Db
       throw translateError(err);
     }
   };
+  const script = async (client: pg.Pool | pg.PoolClient, sql: string) => {
+    try {
+      await client.query({ text: sql, query_timeout: SCRIPT_TIMEOUT_MS } as pg.QueryConfig);
+    } catch (err) {
+      throw translateScriptError(err);
+    }
+  };
 
   return {
     kind: 'postgres',
     pgPool: pool,
     query: (sql, params) => run(pool, sql, params),
-    exec: async (sql) => { await run(pool, sql); },
+    exec: (sql) => script(pool, sql),
     async transaction(fn) {
       let client: pg.PoolClient;
       try {
@@ -43,7 +74,7 @@ export function createPostgresDb(connectionString: string, poolSize: number): Db
       }
       const tx: Queryable = {
         query: (sql, params) => run(client, sql, params),
-        exec: async (sql) => { await run(client, sql); },
+        exec: (sql) => script(client, sql),
       };
       let broken: unknown;
       try {
@@ -52,7 +83,13 @@ export function createPostgresDb(connectionString: string, poolSize: number): Db
         await tx.query('COMMIT');
         return result;
       } catch (err) {
-        await client.query('ROLLBACK').catch((rollbackErr: unknown) => { broken = rollbackErr; });
+        if (err instanceof DatabaseUnavailableError) {
+          // The connection is lost, stalled (a timed-out query may still be running on it) or on a
+          // standby: a ROLLBACK would queue behind it. Closing it ends the transaction on the server.
+          broken = err;
+        } else {
+          await client.query('ROLLBACK').catch((rollbackErr: unknown) => { broken = rollbackErr; });
+        }
         throw err;
       } finally {
         // A client whose rollback failed is in an unknown state: destroy it rather than reuse it.

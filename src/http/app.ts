@@ -96,6 +96,8 @@ export function createApp(deps: AppDeps): Koa {
     const started = performance.now();
     try {
       await runWithRequestContext({ requestId, sourceIp: ctx.ip || undefined }, next);
+      // Unavailable (database, audit log): tell clients when to come back, whoever answered.
+      if (ctx.status === 503 && !ctx.response.get('Retry-After')) ctx.set('Retry-After', '5');
     } finally {
       // Path only: query strings can carry codes and state, bodies carry secrets.
       deps.logger.info({

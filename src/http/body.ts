@@ -20,7 +20,10 @@ export async function readRawBody(ctx: Context, limit: number): Promise<Buffer> 
   return Buffer.concat(chunks, received);
 }
 
-/** Parses application/x-www-form-urlencoded; refuses other types and repeated parameters. */
+/**
+ * Parses application/x-www-form-urlencoded; refuses other types, repeated parameters and NUL
+ * characters (which no field of ours can hold and the database refuses), as parseFormStrict does.
+ */
 export async function readForm(ctx: Context, limit = 16 * 1024): Promise<Map<string, string>> {
   if (!ctx.is('application/x-www-form-urlencoded')) {
     throw new HttpError(415, 'invalid_request', 'only application/x-www-form-urlencoded bodies are supported');
@@ -28,6 +31,7 @@ export async function readForm(ctx: Context, limit = 16 * 1024): Promise<Map<str
   const params = new URLSearchParams((await readRawBody(ctx, limit)).toString('utf8'));
   const form = new Map<string, string>();
   for (const [key, value] of params) {
+    if (key.includes('\0') || value.includes('\0')) throw new HttpError(400, 'invalid_request', 'parameters must not contain NUL');
     if (form.has(key)) throw new HttpError(400, 'invalid_request', `parameter ${key} must appear once`);
     form.set(key, value);
   }
