@@ -3,6 +3,7 @@
 import { randomUUID } from 'node:crypto';
 
 import { DatabaseUnavailableError } from '../db/db.ts';
+import { OAuthStyleError } from '../errors.ts';
 import type { Db, Queryable } from '../db/index.ts';
 import type { Logger } from '../log.ts';
 import { chainHash, GENESIS_HASH, type ChainedRecord } from './chain.ts';
@@ -37,16 +38,10 @@ interface Pending {
  * The audit record could not be written, so the action does not happen. Shaped as an OAuth error
  * (503 temporarily_unavailable) so oidc-provider and our pages answer it cleanly.
  */
-export class AuditWriteError extends Error {
+export class AuditWriteError extends OAuthStyleError {
   override name = 'AuditWriteError';
-  readonly status = 503;
-  readonly statusCode = 503;
-  readonly expose = true;
-  readonly error = 'temporarily_unavailable';
-  readonly error_description = 'the request could not be recorded, retry later';
-  /** oidc-provider renders `message` as the error code, so the detail lives here. */
   constructor(readonly detail: string, options?: ErrorOptions) {
-    super('temporarily_unavailable', options);
+    super(503, 'temporarily_unavailable', 'the request could not be recorded, retry later', options);
   }
 }
 

@@ -1,4 +1,5 @@
 // The one storage interface every module uses; PostgreSQL (pg.Pool) and embedded PGlite implement it.
+import { OAuthStyleError } from '../errors.ts';
 
 export type Row = Record<string, unknown>;
 
@@ -28,15 +29,10 @@ export interface Db extends Queryable {
  * The database cannot be reached. Carries an OAuth-style 503 so that oidc-provider's error handler
  * and ours answer `temporarily_unavailable` instead of a generic 500.
  */
-export class DatabaseUnavailableError extends Error {
+export class DatabaseUnavailableError extends OAuthStyleError {
   override name = 'DatabaseUnavailableError';
-  readonly status = 503;
-  readonly statusCode = 503;
-  readonly expose = true;
-  readonly error = 'temporarily_unavailable';
-  readonly error_description = 'the service is temporarily unavailable, retry later';
   constructor(cause: unknown) {
-    super('temporarily_unavailable', { cause });
+    super(503, 'temporarily_unavailable', 'the service is temporarily unavailable, retry later', { cause });
   }
 }
 
@@ -46,15 +42,10 @@ export class DatabaseUnavailableError extends Error {
  * `invalid_request` like DatabaseUnavailableError answers 503. oidc-provider renders `message` as the
  * error code, so the message is the code.
  */
-export class InvalidInputError extends Error {
+export class InvalidInputError extends OAuthStyleError {
   override name = 'InvalidInputError';
-  readonly status = 400;
-  readonly statusCode = 400;
-  readonly expose = true;
-  readonly error = 'invalid_request';
-  readonly error_description = 'request contains a character that is not allowed';
   constructor(cause?: unknown) {
-    super('invalid_request', cause === undefined ? undefined : { cause });
+    super(400, 'invalid_request', 'request contains a character that is not allowed', cause === undefined ? undefined : { cause });
   }
 }
 

@@ -9,12 +9,10 @@ import type Provider from 'oidc-provider';
 
 import { runWithRequestContext } from '../audit/request-context.ts';
 import type { Db } from '../db/index.ts';
-import { DatabaseUnavailableError } from '../db/db.ts';
-import { AuditWriteError } from '../audit/log.ts';
+import { OAuthStyleError } from '../errors.ts';
 import type { Logger } from '../log.ts';
 import type { JwtAccessTokenRegistry } from '../oidc/jwt-access-tokens.ts';
 import { errorPage } from '../../views/messages.ts';
-import { HttpError } from './body.ts';
 import { jwtAccessTokenHandles, oauthFormBodies } from './oauth-form-bodies.ts';
 import { trustedProxies } from './trusted-proxies.ts';
 import { rfcErrorCodes } from './rfc-error-codes.ts';
@@ -111,10 +109,7 @@ export function createApp(deps: AppDeps): Koa {
     try {
       await next();
     } catch (err) {
-      if (err instanceof HttpError) return sendError(ctx, err.status, err.error, err.description);
-      if (err instanceof DatabaseUnavailableError || err instanceof AuditWriteError) {
-        return sendError(ctx, 503, err.error, err.error_description);
-      }
+      if (err instanceof OAuthStyleError) return sendError(ctx, err.status, err.error, err.error_description);
       const e = err as { status?: number; expose?: boolean; error?: string; error_description?: string; message?: string };
       if (e.expose && e.status && e.status < 500) {
         return sendError(ctx, e.status, e.error ?? 'invalid_request', e.error_description ?? e.message ?? 'invalid request');

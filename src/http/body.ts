@@ -1,10 +1,11 @@
 // Reads small urlencoded form bodies for our own pages, with a hard size limit.
 import type { Context } from 'koa';
 
-export class HttpError extends Error {
-  constructor(readonly status: number, readonly error: string, readonly description: string) {
-    super(error);
-  }
+import { OAuthStyleError } from '../errors.ts';
+
+/** A refusal of one of our own routes: status, OAuth error code, description. */
+export class HttpError extends OAuthStyleError {
+  override name = 'HttpError';
 }
 
 export async function readRawBody(ctx: Context, limit: number): Promise<Buffer> {
