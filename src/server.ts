@@ -95,21 +95,17 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
   const production = config.env === 'production';
   const db = options.db ?? await openDb(config);
   const ownsDb = !options.db;
-  try {
-    await db.ping();
-  } catch (err) {
+  // A start that fails leaves no open database behind (PGlite would keep its directory locked).
+  const failStart = async (message: string): Promise<never> => {
     if (ownsDb) await db.close().catch(() => {});
-    throw new StartupError(`database unreachable (${config.databaseUrl ? 'DATABASE_URL' : 'embedded'}): ${((err as Error).cause as Error | undefined)?.message ?? (err as Error).message}`);
-  }
-  const applied = await migrate(db).catch(async (err: Error) => {
-    if (ownsDb) await db.close().catch(() => {});
-    throw new StartupError(err.message);
-  });
+    throw new StartupError(message);
+  };
+  await db.ping().catch((err: Error) => failStart(
+    `database unreachable (${config.databaseUrl ? 'DATABASE_URL' : 'embedded'}): ${(err.cause as Error | undefined)?.message ?? err.message}`,
+  ));
+  const applied = await migrate(db).catch((err: Error) => failStart(err.message));
   if (applied.length) logger.info({ migrations: applied }, 'database migrated');
-  const rateLimiters = await createRateLimiters(config, db, { logger }).catch(async (err: Error) => {
-    if (ownsDb) await db.close().catch(() => {});
-    throw new StartupError(err.message);
-  });
+  const rateLimiters = await createRateLimiters(config, db, { logger }).catch((err: Error) => failStart(err.message));
   logger.info({ backend: rateLimiters.backend, enabled: rateLimiters.enabled }, 'rate limits');
 
   const secrets = await loadOrCreateSecrets(config.keysDir, { allowGenerate: !production });

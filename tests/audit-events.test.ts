@@ -7,7 +7,7 @@ import * as oidc from 'openid-client';
 
 import type { StoredAuditRow } from '../src/audit/log.ts';
 import { Browser } from './support/login-flow.ts';
-import { relyingParty } from './support/relying-party.ts';
+import { relyingParty, signIn } from './support/relying-party.ts';
 import { APP, basicAuth, CLINICIAN, FHIR, form, SERVICE, startTestServer, type TestServer } from './support/test-server.ts';
 
 let ts: TestServer;
@@ -176,12 +176,35 @@ describe('audit events of real flows', () => {
   });
 });
 
+const makeAuditUnwritable = () => ts.testDb.db.exec(`CREATE FUNCTION audit_unwritable() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN RAISE EXCEPTION 'audit storage unavailable'; END; $$;
+    CREATE TRIGGER audit_unwritable BEFORE INSERT ON audit_events FOR EACH ROW EXECUTE FUNCTION audit_unwritable();`);
+const makeAuditWritable = () => ts.testDb.db.exec('DROP TRIGGER audit_unwritable ON audit_events; DROP FUNCTION audit_unwritable();');
+
 describe('fail closed', () => {
+  test('a code redeemed while the audit log is unwritable yields no token, and stays spent', async () => {
+    const config = await appConfig();
+    const { callback, checks } = await signIn(ts, config, { scope: 'openid patient/Observation.rs' });
+    await makeAuditUnwritable();
+    try {
+      const refused = await tokenRequest({
+        grant_type: 'authorization_code', code: callback.searchParams.get('code')!, redirect_uri: APP.redirect_uri,
+        code_verifier: checks.pkceCodeVerifier, resource: FHIR,
+      }, basicAuth(APP.client_id, APP.client_secret));
+      assert.equal(refused.status, 503);
+      const body = await refused.json() as Record<string, unknown>;
+      assert.equal(body.error, 'temporarily_unavailable');
+      assert.equal(body.access_token, undefined);
+    } finally {
+      await makeAuditWritable();
+    }
+    await assert.rejects(oidc.authorizationCodeGrant(config, callback, checks, { resource: FHIR }),
+      (err: oidc.ResponseBodyError) => err.error === 'invalid_grant', 'the code was consumed; a retry is a replay');
+  });
+
   test('when the audit log cannot be written, no token is issued and no login completes', async () => {
     const db = ts.testDb.db;
-    await db.exec(`CREATE FUNCTION audit_unwritable() RETURNS trigger LANGUAGE plpgsql AS $$
-      BEGIN RAISE EXCEPTION 'audit storage unavailable'; END; $$;
-      CREATE TRIGGER audit_unwritable BEFORE INSERT ON audit_events FOR EACH ROW EXECUTE FUNCTION audit_unwritable();`);
+    await makeAuditUnwritable();
     try {
       const countTokens = async () => Number((await db.query<{ n: number }>("SELECT count(*)::int AS n FROM oidc_payloads WHERE model IN ('AccessToken', 'ClientCredentials')")).rows[0]!.n);
       const before = await countTokens();
@@ -209,7 +232,7 @@ describe('fail closed', () => {
       assert.equal(login.location, null, 'the login does not complete');
       assert.match(login.body, /temporarily_unavailable/);
     } finally {
-      await db.exec('DROP TRIGGER audit_unwritable ON audit_events; DROP FUNCTION audit_unwritable();');
+      await makeAuditWritable();
     }
     const again = await tokenRequest({ grant_type: 'client_credentials', resource: FHIR, scope: 'system/Patient.rs' },
       basicAuth(SERVICE.client_id, SERVICE.client_secret));

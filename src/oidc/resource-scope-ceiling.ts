@@ -6,7 +6,7 @@ export const RESOURCE_SCOPE_METADATA = 'resource_scope';
 const SCOPE_LIST = /^[\x21\x23-\x5B\x5D-\x7E]+( [\x21\x23-\x5B\x5D-\x7E]+)*$/; // RFC 6749 scope-token syntax
 
 export function resourceScopeCeiling(client: { [key: string]: unknown } | undefined): string {
-  const value = client?.[RESOURCE_SCOPE_METADATA] ?? client?.resourceScope;
+  const value = client?.[RESOURCE_SCOPE_METADATA];
   return typeof value === 'string' ? value : '';
 }
 
