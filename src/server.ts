@@ -177,7 +177,7 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
       clientRateLimit(rateLimiters, audit),
       auditResponses(audit, (err) => logger.error({ err: (err as Error).message }, 'audit write failed')),
     ],
-    routes: [interactionRoutes({ getProvider: () => current.provider, db, audit, passwordLogin: { db, throttle }, rateLimiters, logger })],
+    routes: [interactionRoutes({ getProvider: () => current.provider, db, audit, passwordLogin: { db, throttle }, rateLimiters, logger, grantTtlSeconds: config.ttl.grant })],
   }).callback();
 
   const reloadKeys = async () => {

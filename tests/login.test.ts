@@ -483,7 +483,8 @@ describe('consent after the grant vanished', () => {
     const details = { session: undefined, params: { client_id: APP.client_id }, prompt: { name: 'consent', details: {} } };
     let recorded = false;
     await assert.rejects(
-      grantConsent(ts.server.provider(), details as unknown as Parameters<typeof grantConsent>[1], async () => { recorded = true; }),
+      grantConsent(ts.server.provider(), details as unknown as Parameters<typeof grantConsent>[1], async () => { recorded = true; },
+        { db: ts.testDb.db, form: new Map(), grantTtlSeconds: 60 }),
       (err: unknown) => err instanceof errors.SessionNotFound && (err as { status?: number }).status === 400,
     );
     assert.equal(recorded, false);

@@ -1,4 +1,4 @@
-import { html } from './html.ts';
+import { html, SafeHtml } from './html.ts';
 import { layout } from './layout.ts';
 
 export interface ConsentView {
@@ -8,6 +8,21 @@ export interface ConsentView {
   userName: string;
   /** Plain-language lines, one per scope or claim being granted. */
   items: string[];
+  /** Standalone SMART launch: the care-team patients to choose from (form field `patient`). */
+  patients?: Array<{ patientId: string; displayName: string }> | undefined;
+  /** EHR launch: the patient the EHR put in context. */
+  launchPatient?: boolean | undefined;
+  error?: string | undefined;
+}
+
+function patientPicker(v: ConsentView) {
+  if (v.launchPatient) return html`<p>For the patient your EHR opened this app for.</p>`;
+  if (!v.patients) return '';
+  if (!v.patients.length) return html`<p class="error">No patient is on your care team right now.</p>`;
+  return html`<fieldset>
+    <legend>Patient</legend>
+    ${v.patients.map((p, i) => html`<label><input type="radio" name="patient" value="${p.patientId}" required${i === 0 ? new SafeHtml(' checked') : ''}> ${p.displayName}</label>`)}
+  </fieldset>`;
 }
 
 export function consentPage(v: ConsentView): string {
@@ -15,8 +30,10 @@ export function consentPage(v: ConsentView): string {
 <p>Signed in as <strong>${v.userName}</strong>.</p>
 <p><strong>${v.clientName}</strong> asks to:</p>
 <ul>${v.items.map((item) => html`<li>${item}</li>`)}</ul>
+${v.error ? html`<p class="error" role="alert">${v.error}</p>` : ''}
 <form method="post" action="${v.action}">
-  <button type="submit">Allow</button>
+  ${patientPicker(v)}
+  <button type="submit"${v.patients && !v.patients.length ? new SafeHtml(' disabled') : ''}>Allow</button>
 </form>
 <form method="post" action="${v.abortAction}">
   <button type="submit" class="secondary">Deny</button>

@@ -11,7 +11,7 @@ import { loginPage } from '../../views/login.ts';
 import { consentPage } from '../../views/consent.ts';
 import { describeScopes } from './scope-descriptions.ts';
 import { authenticatePassword, LOGIN_FAILED_MESSAGE, type PasswordLogin } from './password-login.ts';
-import { grantConsent } from './consent.ts';
+import { choosablePatients, grantConsent, LaunchRefusedError, launchRequired } from './consent.ts';
 import { loginEvent } from './login-events.ts';
 import type { AuditLog } from '../audit/log.ts';
 import { checkLoginRateLimit } from '../ratelimit/login-limit.ts';
@@ -26,6 +26,8 @@ export interface InteractionDeps {
   passwordLogin: PasswordLogin;
   rateLimiters: RateLimiters;
   logger: Logger;
+  /** Grant lifetime (seconds): a launch context chosen at consent lives as long as its grant. */
+  grantTtlSeconds: number;
 }
 
 function send(ctx: Context, body: string) {
@@ -47,21 +49,26 @@ export function interactionRoutes(deps: InteractionDeps): Koa.Middleware {
     const clientId = String(details.params.client_id);
     const clientName = client?.clientName ?? clientId;
     const base = `/interaction/${uid}`;
+    const renderConsent = async (error?: string) => {
+      const user = details.session?.accountId ? await findUserById(deps.db, details.session.accountId) : undefined;
+      const launch = launchRequired(details);
+      return consentPage({
+        action: `${base}/confirm`,
+        abortAction: `${base}/abort`,
+        clientName,
+        userName: user?.displayName ?? user?.username ?? 'unknown user',
+        items: describeScopes(details),
+        patients: launch === 'standalone' ? await choosablePatients(deps.db, details) : undefined,
+        launchPatient: launch === 'ehr',
+        error,
+      });
+    };
 
     if (!action && ctx.method === 'GET') {
       if (details.prompt.name === 'login') {
         return send(ctx, loginPage({ action: `${base}/login`, abortAction: `${base}/abort`, clientName }));
       }
-      if (details.prompt.name === 'consent') {
-        const user = details.session?.accountId ? await findUserById(deps.db, details.session.accountId) : undefined;
-        return send(ctx, consentPage({
-          action: `${base}/confirm`,
-          abortAction: `${base}/abort`,
-          clientName,
-          userName: user?.displayName ?? user?.username ?? 'unknown user',
-          items: describeScopes(details),
-        }));
-      }
+      if (details.prompt.name === 'consent') return send(ctx, await renderConsent());
       ctx.throw(400, 'unsupported interaction prompt');
     }
     if (ctx.method !== 'POST' || !action) {
@@ -103,13 +110,30 @@ export function interactionRoutes(deps: InteractionDeps): Koa.Middleware {
     }
     // confirm
     if (details.prompt.name !== 'consent') ctx.throw(400, 'interaction is not at the consent step');
-    const consent = await grantConsent(provider, details, (summary) => deps.audit.record({
-      type: 'consent.given',
-      outcome: 'success',
-      rule: 'user_consent',
-      actor: { userId: summary.accountId, clientId: summary.clientId },
-      details: { scope: summary.scope, resources: summary.resources },
-    }).then(() => undefined));
-    return provider.interactionFinished(ctx.req, ctx.res, { consent }, { mergeWithLastSubmission: true });
+    let result;
+    try {
+      result = await grantConsent(provider, details, (summary) => deps.audit.record({
+        type: 'consent.given',
+        outcome: 'success',
+        rule: summary.launch ? 'user_consent_care_team' : 'user_consent',
+        actor: { userId: summary.accountId, clientId: summary.clientId },
+        target: { patientId: summary.patientId },
+        details: { scope: summary.scope, resources: summary.resources, launch: summary.launch },
+      }).then(() => undefined), { db: deps.db, form, grantTtlSeconds: deps.grantTtlSeconds });
+    } catch (err) {
+      if (!(err instanceof LaunchRefusedError)) throw err;
+      // Deny by default: a patient outside the care team is refused (break-glass is a separate, audited path).
+      await deps.audit.record({
+        type: 'launch.refused',
+        outcome: 'denied',
+        severity: 'warning',
+        rule: err.rule,
+        actor: { userId: details.session?.accountId, clientId },
+        target: { patientId: err.patientId },
+      });
+      ctx.status = 403;
+      return send(ctx, await renderConsent(err.message));
+    }
+    return provider.interactionFinished(ctx.req, ctx.res, result, { mergeWithLastSubmission: true });
   };
 }

@@ -1,6 +1,6 @@
 // oidc-provider configuration: what the server issues, to whom, for how long.
 import type { JWK } from 'jose';
-import Provider, { errors, type Configuration, type KoaContextWithOIDC } from 'oidc-provider';
+import Provider, { errors, interactionPolicy, type Configuration, type KoaContextWithOIDC } from 'oidc-provider';
 
 import type { StorageAudit } from '../audit/storage-events.ts';
 import type { Config } from '../config.ts';
@@ -11,10 +11,10 @@ import { accountFinder, CLAIMS } from './accounts.ts';
 import { createAdapter } from './adapter.ts';
 import { installClientSecretDigests } from './client-secrets.ts';
 import { JwtAccessTokenRegistry } from './jwt-access-tokens.ts';
-import { findResourceServer } from './resource-servers.ts';
-import {
-  intersectScopes, RESOURCE_SCOPE_METADATA, resourceScopeCeiling, validateResourceScopeMetadata,
-} from './resource-scope-ceiling.ts';
+import { findUserById } from '../accounts/users.ts';
+import { audParameter, GrantContexts, launchContextCheck, launchParameter } from './launch-context.ts';
+import { RESOURCE_SCOPE_METADATA, validateResourceScopeMetadata } from './resource-scope-ceiling.ts';
+import { smartScopeHooks } from './smart-scopes.ts';
 
 export interface ProviderDeps {
   config: Config;
@@ -37,27 +37,52 @@ export interface BuiltProvider {
 export const SIGNING_ALG = 'ES256';
 export const CLIENT_AUTH_METHODS = ['client_secret_basic', 'client_secret_post', 'private_key_jwt', 'none'] as const;
 
+/** OpenID and SMART launch scopes: they pass through to grants as they are (resource scopes do not). */
+export const NAMED_SCOPES = [
+  'openid', 'offline_access', 'online_access', 'profile', 'fhirUser', 'launch', 'launch/patient', 'launch/encounter',
+];
+
+type TokenForClaims = { extra?: Record<string, unknown>; grantId?: string; accountId?: string };
+
 // Everything a token carries beyond the standard payload travels in token.extra; the default
-// extraTokenClaims would replace it, so keep it and add the authentication context of the source.
-async function extraTokenClaims(ctx: KoaContextWithOIDC, token: { extra?: Record<string, unknown> }) {
-  const source = ctx?.oidc?.entities?.AuthorizationCode ?? ctx?.oidc?.entities?.RefreshToken;
-  const context: Record<string, unknown> = {};
-  if (source?.acr) context.acr = source.acr;
-  if (source?.amr) context.amr = source.amr;
-  if (source?.authTime) context.auth_time = source.authTime;
-  return { ...context, ...(token.extra ?? {}) };
+// extraTokenClaims would replace it, so keep it and add the authentication context of the source,
+// the clinician's FHIR identity and the patient in context (SMART).
+function tokenClaims(db: Db, contexts: GrantContexts) {
+  return async (ctx: KoaContextWithOIDC, token: TokenForClaims) => {
+    const source = ctx?.oidc?.entities?.AuthorizationCode ?? ctx?.oidc?.entities?.RefreshToken;
+    const claims: Record<string, unknown> = {};
+    if (source?.acr) claims.acr = source.acr;
+    if (source?.amr) claims.amr = source.amr;
+    if (source?.authTime) claims.auth_time = source.authTime;
+    if (token.accountId && source?.scopes.has('fhirUser')) {
+      const user = await findUserById(db, token.accountId);
+      if (user?.fhirUser) claims.fhirUser = user.fhirUser;
+    }
+    Object.assign(claims, await contexts.claims(ctx, token.grantId));
+    return { ...claims, ...(token.extra ?? {}) };
+  };
+}
+
+function interactionPolicyWithLaunch() {
+  const policy = interactionPolicy.base();
+  policy.get('consent')!.checks.add(launchContextCheck());
+  return policy;
 }
 
 export function buildProvider(deps: ProviderDeps): BuiltProvider {
   const { config, db, logger } = deps;
   const jwtAccessTokens = deps.jwtAccessTokens ?? new JwtAccessTokenRegistry(db, deps.storageAudit);
+  const smartScopes = smartScopeHooks(db);
+  const grantContexts = new GrantContexts(db);
 
   const configuration: Configuration = {
     adapter: createAdapter(db, deps.storageAudit),
     jwks: deps.jwks as Configuration['jwks'],
     findAccount: accountFinder(db),
     claims: CLAIMS,
-    scopes: ['openid', 'offline_access', 'profile', 'fhirUser'],
+    scopes: NAMED_SCOPES,
+    // SMART: `launch` carries an EHR launch; `aud` names the FHIR server (it becomes the resource).
+    extraParams: { launch: launchParameter(db), aud: audParameter },
     responseTypes: ['code'],
     pkce: { required: () => true },
     clientAuthMethods: [...CLIENT_AUTH_METHODS],
@@ -102,7 +127,7 @@ export function buildProvider(deps: ProviderDeps): BuiltProvider {
       properties: [RESOURCE_SCOPE_METADATA],
       validator: validateResourceScopeMetadata,
     },
-    extraTokenClaims: extraTokenClaims as Configuration['extraTokenClaims'],
+    extraTokenClaims: tokenClaims(db, grantContexts) as Configuration['extraTokenClaims'],
     formats: {
       customizers: {
         jwt: async (_ctx, token, jwt) => {
@@ -110,7 +135,7 @@ export function buildProvider(deps: ProviderDeps): BuiltProvider {
         },
       },
     },
-    interactions: { url: (_ctx, interaction) => `/interaction/${interaction.uid}` },
+    interactions: { url: (_ctx, interaction) => `/interaction/${interaction.uid}`, policy: interactionPolicyWithLaunch() },
     features: {
       devInteractions: { enabled: false },
       clientCredentials: { enabled: true },
@@ -144,16 +169,18 @@ export function buildProvider(deps: ProviderDeps): BuiltProvider {
       },
       resourceIndicators: {
         enabled: true,
-        defaultResource: async (_ctx, _client, oneOf) => oneOf,
+        defaultResource: async (ctx, _client, oneOf) => {
+          if (oneOf) return oneOf;
+          // SMART apps name the FHIR server with `aud` rather than `resource`.
+          const aud = ctx.oidc.params?.aud;
+          if (typeof aud === 'string' && aud) return aud;
+          await smartScopes.checkWithoutResource(ctx);
+          return undefined;
+        },
         useGrantedResource: async () => true,
-        getResourceServerInfo: async (_ctx, indicator, client) => {
-          const rs = await findResourceServer(db, indicator);
-          if (!rs) throw new errors.InvalidTarget('unknown resource indicator');
-          // oidc-provider keeps only requested scopes found here, so this makes the grant
-          // requested ∩ resource server ∩ client ceiling for every grant type.
-          const scope = intersectScopes(rs.scope, resourceScopeCeiling(client));
-          // Deny by default: no scope of this resource server in the client's ceiling, no audience.
-          if (!scope) throw new errors.InvalidTarget('client is not allowed to use this resource');
+        getResourceServerInfo: async (ctx, indicator, client) => {
+          // Granted = requested ∩ resource server ∩ client ceiling ∩ user role (src/smart/scope-policy.ts).
+          const { server: rs, scope } = await smartScopes.resourceServerInfo(ctx, indicator, client);
           return {
             scope,
             audience: rs.identifier,
@@ -173,6 +200,7 @@ export function buildProvider(deps: ProviderDeps): BuiltProvider {
   const provider = new Provider(config.issuer, configuration);
   provider.proxy = config.trustProxy;
   installClientSecretDigests(provider, deps.clientSecretKey);
+  provider.use(grantContexts.tokenResponses());
   jwtAccessTokens.install(provider);
 
   provider.on('server_error', (ctx: KoaContextWithOIDC, err: Error) => {

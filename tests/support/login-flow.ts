@@ -26,6 +26,13 @@ export interface Step {
   body: string;
 }
 
+/** What a person submits on the consent page: the chosen patient, or the pre-selected one. */
+export function consentFields(page: string, patient?: string): Record<string, string> {
+  if (patient !== undefined) return { patient };
+  const checked = /<input type="radio" name="patient" value="([^"]+)"[^>]* checked>/.exec(page);
+  return checked ? { patient: checked[1]! } : {};
+}
+
 export class Browser {
   readonly jar = new CookieJar();
   constructor(private readonly ts: TestServer) {}
@@ -58,14 +65,14 @@ export class Browser {
   }
 
   /** From an authorization URL through login and consent to the final redirect to the client. */
-  async authorize(authorizationUrl: URL, username: string, password: string): Promise<URL> {
+  async authorize(authorizationUrl: URL, username: string, password: string, opts: { patient?: string } = {}): Promise<URL> {
     let step = await this.follow(await this.get(authorizationUrl));
     const loginAction = /action="(\/interaction\/[^"]+\/login)"/.exec(step.body);
     if (loginAction) {
       step = await this.follow(await this.post(new URL(loginAction[1]!, this.ts.issuer), { username, password }));
     }
     const confirmAction = /action="(\/interaction\/[^"]+\/confirm)"/.exec(step.body);
-    if (confirmAction) step = await this.follow(await this.post(new URL(confirmAction[1]!, this.ts.issuer), {}));
+    if (confirmAction) step = await this.follow(await this.post(new URL(confirmAction[1]!, this.ts.issuer), consentFields(step.body, opts.patient)));
     if (!step.location) throw new Error(`authorization did not redirect to the client (status ${step.status}): ${step.body.slice(0, 300)}`);
     return new URL(step.location);
   }

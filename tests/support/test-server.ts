@@ -24,9 +24,17 @@ export const APP = {
 };
 export const SERVICE = { client_id: 'test-service', client_secret: 'test-service-secret-0123456789-01234' };
 export const PUBLIC_APP = { client_id: 'test-public-app', redirect_uri: 'https://public.test/callback' };
+/** On dr.test's care team: the first is the picker's default choice. */
+export const CARE_TEAM_PATIENTS = [{ id: 'pat-1', name: 'Alice Test' }, { id: 'pat-2', name: 'Bob Test' }];
+/** A patient dr.test does not care for. */
+export const OUTSIDE_PATIENT = { id: 'pat-9', name: 'Olivia Outside' };
+export const CLINICIAN_ROLE_SCOPE = 'patient/*.cruds user/*.rs';
 
 export const TEST_SEED: Seed = SeedSchema.parse({
   users: [{ username: CLINICIAN.username, password: CLINICIAN.password, displayName: 'Dr Test', fhirUser: CLINICIAN.fhirUser, roles: ['clinician'] }],
+  patients: [...CARE_TEAM_PATIENTS, OUTSIDE_PATIENT],
+  careTeam: CARE_TEAM_PATIENTS.map((p) => ({ username: CLINICIAN.username, patient: p.id })),
+  roles: [{ name: 'clinician', scope: CLINICIAN_ROLE_SCOPE }],
   resourceServers: [
     { identifier: FHIR, name: 'Test FHIR', scope: 'patient/Observation.rs patient/Patient.rs system/Patient.rs user/Patient.rs' },
     { identifier: TOOLS, name: 'Test tools', scope: 'tools/run', accessTokenTtl: 3600 },
@@ -40,7 +48,7 @@ export const TEST_SEED: Seed = SeedSchema.parse({
       grant_types: ['authorization_code', 'refresh_token'],
       redirect_uris: [APP.redirect_uri],
       post_logout_redirect_uris: ['https://app.test/'],
-      scope: 'openid profile fhirUser offline_access',
+      scope: 'openid profile fhirUser offline_access launch launch/patient',
       resource_scope: 'patient/Observation.rs patient/Patient.rs',
     },
     {
