@@ -42,6 +42,15 @@ const EnvSchema = z.object({
   TRUST_PROXY: boolean.default(false),
   /** Comma-separated addresses or CIDR ranges of the proxies whose X-Forwarded-* headers are believed. */
   TRUSTED_PROXIES: z.string().optional(),
+  /** PEM bundle of the CAs whose client certificates tls_client_auth accepts (default: the dev client CA under KEYS_DIR). */
+  CLIENT_CA_FILE: z.string().min(1).optional(),
+  /**
+   * Behind a TLS-terminating proxy: read the client certificate from a header the proxy sets, believed
+   * only from TRUSTED_PROXIES. `rfc9440`: Client-Cert (+ Client-Cert-Chain); `nginx`: URL-encoded PEM
+   * ($ssl_client_escaped_cert) in CLIENT_CERT_NGINX_HEADER. Default `none`: the TLS handshake only.
+   */
+  CLIENT_CERT_HEADER: z.enum(['none', 'rfc9440', 'nginx']).default('none'),
+  CLIENT_CERT_NGINX_HEADER: z.string().regex(/^[A-Za-z0-9!#$%&'*+.^_`|~-]+$/).default('x-ssl-client-cert'),
   /** Shared rate-limit counters in Redis instead of PostgreSQL. */
   REDIS_URL: z.string().min(1).optional(),
   RATE_LIMIT_ENABLED: boolean.default(true),
@@ -74,6 +83,9 @@ export interface Config {
   demoSeed: boolean;
   trustProxy: boolean;
   trustedProxies: string[];
+  clientCaFile: string | undefined;
+  /** Where client certificates may come from besides the TLS handshake. */
+  clientCertHeader: { format: 'none' | 'rfc9440' | 'nginx'; nginxHeader: string };
   keysReloadIntervalSeconds: number;
   ttl: {
     accessToken: number;
@@ -113,6 +125,9 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
   if (e.TRUST_PROXY && !e.TRUSTED_PROXIES) {
     throw new ConfigError('TRUST_PROXY=true needs TRUSTED_PROXIES (the proxies whose forwarded headers are believed)');
   }
+  if (e.CLIENT_CERT_HEADER !== 'none' && !e.TRUSTED_PROXIES) {
+    throw new ConfigError('CLIENT_CERT_HEADER needs TRUSTED_PROXIES (the proxies whose certificate headers are believed)');
+  }
   const issuer = e.ISSUER.replace(/\/+$/, '');
   const issuerUrl = new URL(issuer);
   const mtlsBaseUrl = (e.MTLS_BASE_URL ?? defaultMtlsBase(issuerUrl, e.MTLS_PORT)).replace(/\/+$/, '');
@@ -133,6 +148,8 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     demoSeed: e.DEMO_SEED ?? e.NODE_ENV !== 'production',
     trustProxy: e.TRUST_PROXY,
     trustedProxies: (e.TRUSTED_PROXIES ?? '').split(',').map((p) => p.trim()).filter(Boolean),
+    clientCaFile: e.CLIENT_CA_FILE ? path.resolve(e.CLIENT_CA_FILE) : undefined,
+    clientCertHeader: { format: e.CLIENT_CERT_HEADER, nginxHeader: e.CLIENT_CERT_NGINX_HEADER.toLowerCase() },
     keysReloadIntervalSeconds: e.KEYS_RELOAD_INTERVAL,
     ttl: {
       accessToken: e.ACCESS_TOKEN_TTL,

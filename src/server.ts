@@ -20,13 +20,16 @@ import { openDb, type Db } from './db/index.ts';
 import { migrate } from './db/migrate.ts';
 import { createApp, type ProviderHandle } from './http/app.ts';
 import { interactionRoutes } from './interactions/routes.ts';
+import { readRequired } from './keystore/files.ts';
 import { loadOrCreateTls, type TlsMaterial } from './keystore/pki.ts';
+import { clientCertificates, loadTrustAnchors, type TrustAnchors } from './mtls/index.ts';
 import { assertNotDev, loadOrCreateSecrets, type ServerSecrets } from './keystore/secrets.ts';
 import { loadOrCreateSigningKeys, providerJwks, signingKeysVersion } from './keystore/signing-keys.ts';
 import type { Logger } from './log.ts';
 import { sweepExpired } from './oidc/adapter.ts';
 import { JwtAccessTokenRegistry } from './oidc/jwt-access-tokens.ts';
-import { buildProvider } from './oidc/provider.ts';
+import { buildProvider, NAMED_SCOPES, CLIENT_AUTH_METHODS } from './oidc/provider.ts';
+import { smartConfigurationRoute } from './smart/smart-configuration.ts';
 import { clientRateLimit } from './ratelimit/client-limit.ts';
 import { createRateLimiters } from './ratelimit/limiters.ts';
 import { applySeed, readSeedFile, type SeedResult } from './seed/seed.ts';
@@ -127,11 +130,18 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
     }
     callback(req, res);
   };
+  const clientCaPem = config.clientCaFile ? await readRequired(config.clientCaFile, ' (CLIENT_CA_FILE)') : tls.clientCaPem;
+  let clientTrust: TrustAnchors;
+  try {
+    clientTrust = loadTrustAnchors(clientCaPem);
+  } catch (err) {
+    return failStart(`client CA bundle${config.clientCaFile ? ` ${config.clientCaFile}` : ''}: ${(err as Error).message}`);
+  }
   const tlsOptions = { cert: tls.certPem, key: tls.keyPem, minVersion: 'TLSv1.2' as const };
   const browserServer = https.createServer(tlsOptions, requestListener);
   // The mTLS listener asks for a client certificate but lets oidc-provider decide what it is worth,
   // so a missing or bad certificate gets an OAuth error instead of a failed handshake.
-  const mtlsServer = https.createServer({ ...tlsOptions, ca: tls.clientCaPem, requestCert: true, rejectUnauthorized: false }, requestListener);
+  const mtlsServer = https.createServer({ ...tlsOptions, ca: clientCaPem, requestCert: true, rejectUnauthorized: false }, requestListener);
   const port = await listen(browserServer, config.port, config.host);
   const mtlsPort = await listen(mtlsServer, config.mtlsPort, config.host);
   const issuer = withPort(config.issuer, port);
@@ -145,7 +155,7 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
     const jwks = providerJwks(keySet);
     const built = buildProvider({
       config: effective, db, logger, jwks, cookieKeys: secrets.cookieKeys, clientSecretKey: secrets.clientSecretKey, storageAudit,
-      jwtAccessTokens,
+      jwtAccessTokens, clientTrust,
     });
     return { ...built, publicJwks: { keys: jwks.keys.map(publicJwk) } };
   };
@@ -172,12 +182,27 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
     trustedProxies: config.trustedProxies,
     cookieKeys: secrets.cookieKeys,
     current: () => current,
+    early: [clientCertificates({
+      fromHeaders: config.clientCertHeader.format !== 'none',
+      headerFormat: config.clientCertHeader.format === 'nginx' ? 'nginx' : 'rfc9440',
+      nginxHeader: config.clientCertHeader.nginxHeader,
+      trustedProxies: config.trustedProxies,
+      // A client that sends its own certificate header is trying to borrow someone's identity.
+      onUntrustedHeader: async (_ctx, headers) => void await audit.record({
+        type: 'mtls.untrusted_certificate_header', outcome: 'denied', severity: 'warning', rule: 'trusted_proxies_only', details: { headers },
+      }),
+      onMalformedHeader: async (_ctx, headers) => void await audit.record({
+        type: 'mtls.malformed_certificate_header', outcome: 'failure', severity: 'warning', rule: 'certificate_header_syntax', details: { headers },
+      }),
+    })],
     beforeProvider: [
       // First: a refused request reaches neither the audit of answers nor the provider.
       clientRateLimit(rateLimiters, audit),
       auditResponses(audit, (err) => logger.error({ err: (err as Error).message }, 'audit write failed')),
     ],
-    routes: [interactionRoutes({ getProvider: () => current.provider, db, audit, passwordLogin: { db, throttle }, rateLimiters, logger, grantTtlSeconds: config.ttl.grant })],
+    routes: [smartConfigurationRoute({
+      issuer, mtlsBaseUrl, db, namedScopes: NAMED_SCOPES, tokenEndpointAuthMethods: CLIENT_AUTH_METHODS,
+    }), interactionRoutes({ getProvider: () => current.provider, db, audit, passwordLogin: { db, throttle }, rateLimiters, logger, grantTtlSeconds: config.ttl.grant })],
   }).callback();
 
   const reloadKeys = async () => {

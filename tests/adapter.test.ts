@@ -136,7 +136,7 @@ describe('two server instances on one database', () => {
     const second = await startTestServer({
       testDb: first.testDb, keysDir: first.keysDir, seed: null, env: { ISSUER: first.issuer, MTLS_BASE_URL: first.mtlsBaseUrl },
     });
-    const port = (ts: typeof first) => ts.server.port;
+    const port = (ts: typeof first) => ts.server.mtlsPort;
     try {
       const call = (ts: typeof first, path: string, params: Record<string, string>) => ts.fetch(`https://localhost:${port(ts)}${path}`, {
         method: 'POST',

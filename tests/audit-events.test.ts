@@ -30,7 +30,7 @@ function only(rows: StoredAuditRow[], type: string): StoredAuditRow {
 const appConfig = () => relyingParty(ts);
 
 function tokenRequest(params: Record<string, string>, auth: string, requestId?: string) {
-  return ts.fetch(`${ts.issuer}/token`, {
+  return ts.fetch(ts.endpoint("/token"), {
     method: 'POST',
     body: new URLSearchParams(params).toString(),
     headers: { ...form({}).headers, authorization: auth, ...(requestId ? { 'x-request-id': requestId } : {}) },

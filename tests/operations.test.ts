@@ -47,7 +47,7 @@ async function tempDir() {
 }
 
 function clientCredentials(ts: TestServer) {
-  return ts.fetch(`${ts.issuer}/token`, {
+  return ts.fetch(ts.endpoint("/token"), {
     method: 'POST',
     body: new URLSearchParams({ grant_type: 'client_credentials', resource: FHIR, scope: 'system/Patient.rs' }).toString(),
     headers: { ...form({}).headers, authorization: basicAuth(SERVICE.client_id, SERVICE.client_secret) },
@@ -128,7 +128,7 @@ describe('running server', () => {
     const afterRotation = ((await (await clientCredentials(ts)).json()) as { access_token: string }).access_token;
     assert.equal(decodeProtectedHeader(afterRotation).kid, es256[0]);
 
-    const introspect = await ts.fetch(`${ts.issuer}/token/introspection`, {
+    const introspect = await ts.fetch(ts.endpoint("/token/introspection"), {
       method: 'POST',
       body: new URLSearchParams({ token: oldToken }).toString(),
       headers: { ...form({}).headers, authorization: basicAuth(SERVICE.client_id, SERVICE.client_secret) },

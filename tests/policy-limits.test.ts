@@ -15,7 +15,7 @@ before(async () => { ts = await startTestServer(); });
 after(() => ts.stop());
 
 function post(path: string, params: Record<string, string>, auth?: string) {
-  return ts.fetch(`${ts.issuer}${path}`, {
+  return ts.fetch(ts.endpoint(path), {
     method: 'POST',
     body: new URLSearchParams(params).toString(),
     headers: { ...form({}).headers, ...(auth ? { authorization: auth } : {}) },

@@ -6,7 +6,7 @@ import { ConfigError, loadConfig } from '../src/config.ts';
 import { basicAuth, FHIR, form, SERVICE, startTestServer, type TestServer } from './support/test-server.ts';
 
 function token(ts: TestServer, secret: string, forwardedFor?: string) {
-  return ts.fetch(`${ts.issuer}/token`, {
+  return ts.fetch(ts.endpoint("/token"), {
     method: 'POST',
     body: new URLSearchParams({ grant_type: 'client_credentials', resource: FHIR, scope: 'system/Patient.rs' }).toString(),
     headers: { ...form({}).headers, authorization: basicAuth(SERVICE.client_id, secret), ...(forwardedFor ? { 'x-forwarded-for': forwardedFor } : {}) },

@@ -52,7 +52,7 @@ async function json(res: Response): Promise<Record<string, unknown>> {
 }
 
 function post(path: string, body: string, headers: Record<string, string>) {
-  return ts.fetch(`${ts.issuer}${path}`, { method: 'POST', body, headers });
+  return ts.fetch(ts.endpoint(path), { method: 'POST', body, headers });
 }
 
 function token(params: Record<string, string>, authorization = SERVICE_AUTH()) {
@@ -517,7 +517,7 @@ describe('NUL characters in lookup keys: 4xx, never 500', () => {
       client_assertion_type: 'urn:ietf:params:oauth:client-assertion-type:jwt-bearer',
       client_assertion: assertion,
     });
-    const res = await nts.fetch(`${nts.issuer}/token`, { method: 'POST', body: f.body, headers: f.headers });
+    const res = await nts.fetch(nts.endpoint("/token"), { method: 'POST', body: f.body, headers: f.headers });
     await expectClientError(res, '/token client_assertion NUL');
   });
 

@@ -37,3 +37,27 @@ test('seed file errors name the field, including unknown top-level keys', async 
   await assert.rejects(readSeedFile(file), /cannot read seed file/);
   await fs.rm(dir, { recursive: true, force: true });
 });
+
+test('patients, careTeam and roles: ids normalised, dates and scopes validated, unknown keys refused', () => {
+  const parsed = SeedSchema.parse({
+    patients: [{ id: 'Patient/p-1', name: ' Alice ' }],
+    careTeam: [{ username: 'Dr.Seed', patient: 'Patient/p-1', validFrom: '2025-01-01T00:00:00Z', validTo: '2025-02-01T00:00:00+01:00' }],
+    roles: [{ name: 'nurse', scope: 'patient/Observation.rs' }],
+  });
+  assert.deepEqual(parsed.patients, [{ id: 'p-1', name: 'Alice' }]);
+  assert.deepEqual(parsed.careTeam, [{
+    username: 'dr.seed', patient: 'p-1', validFrom: new Date('2025-01-01T00:00:00Z'), validTo: new Date('2025-01-31T23:00:00Z'),
+  }]);
+  const issues = (seed: unknown) => {
+    const r = SeedSchema.safeParse(seed);
+    assert.equal(r.success, false);
+    return r.error!.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('\n');
+  };
+  assert.match(issues({ patients: [{ id: 'Observation/1', name: 'X' }] }), /^patients\.0\.id: must be a FHIR Patient id/);
+  assert.match(issues({ patients: [{ id: 'p', name: 'X', birthDate: '2000-01-01' }] }), /^patients\.0: Unrecognized key/);
+  assert.match(issues({ careTeam: [{ username: 'dr.x', patient: 'p', validFrom: '2025-01-01' }] }), /^careTeam\.0\.validFrom: must be an ISO 8601 date-time/);
+  assert.match(issues({ careTeam: [{ username: 'dr.x', patient: 'p', validFrom: '2025-01-02T00:00:00Z', validTo: '2025-01-01T00:00:00Z' }] }),
+    /^careTeam\.0\.validTo: validTo must be after validFrom/);
+  assert.match(issues({ roles: [{ name: 'nurse', scope: 'patient/Observation.rs launch/patient' }] }), /^roles\.0\.scope: invalid SMART scope: not a SMART resource scope/);
+  assert.match(issues({ roles: [{ name: 'Nurse', scope: '' }] }), /^roles\.0\.name: role name/);
+});

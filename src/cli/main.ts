@@ -3,9 +3,13 @@
 // one line on stderr. Exit codes: 0 success, 1 failure, 2 usage error.
 import { auditExportCommand } from './commands/audit-export.ts';
 import { auditVerifyCommand } from './commands/audit-verify.ts';
+import { careTeamAddCommand, careTeamEndCommand, careTeamListCommand } from './commands/care-team.ts';
 import { clientAddCommand } from './commands/client-add.ts';
 import { keysRotateCommand } from './commands/keys-rotate.ts';
+import { launchCreateCommand } from './commands/launch-create.ts';
 import { migrateCommand } from './commands/migrate.ts';
+import { patientAddCommand } from './commands/patient-add.ts';
+import { roleSetCommand } from './commands/role-set.ts';
 import { seedCommand } from './commands/seed.ts';
 import { userAddCommand } from './commands/user-add.ts';
 import { closeOpenDatabase, UsageError, type Command } from './context.ts';
@@ -13,6 +17,7 @@ import { closeOpenDatabase, UsageError, type Command } from './context.ts';
 const PROGRAM = 'clinical-authz';
 const COMMANDS: readonly Command[] = [
   migrateCommand, seedCommand, userAddCommand, clientAddCommand, keysRotateCommand, auditVerifyCommand, auditExportCommand,
+  patientAddCommand, careTeamAddCommand, careTeamEndCommand, careTeamListCommand, launchCreateCommand, roleSetCommand,
 ];
 
 // Libraries (oidc-provider notices) may write to the console: keep stdout for the JSON result.

@@ -33,6 +33,8 @@ export interface AppDeps {
   /** oidc-provider's cookie keys: mounted, it signs cookies through this app's context. */
   cookieKeys: string[];
   current: () => ProviderHandle;
+  /** Run first on every request inside its audit context (client certificate extraction). */
+  early?: Koa.Middleware[];
   /** Run on provider requests after the body is parsed (audit of answers, rate limits). */
   beforeProvider: Koa.Middleware[];
   routes: Koa.Middleware[];
@@ -103,6 +105,8 @@ export function createApp(deps: AppDeps): Koa {
       }, 'request');
     }
   });
+
+  for (const middleware of deps.early ?? []) app.use(middleware);
 
   // Our own routes fail with clear OAuth-style errors; oidc-provider handles its routes itself.
   app.use(async (ctx, next) => {

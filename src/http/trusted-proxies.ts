@@ -28,6 +28,12 @@ function isTrusted(list: BlockList, address: string): boolean {
   return list.check(a, isIPv4(a) ? 'ipv4' : 'ipv6');
 }
 
+/** True when the TCP peer address (IPv4-mapped IPv6 normalised) is in the proxy list; false for non-addresses. */
+export function isTrustedPeer(list: BlockList, address: string): boolean {
+  const a = normalise(address);
+  return (isIPv4(a) || isIPv6(a)) && isTrusted(list, a);
+}
+
 /** Sets ctx.request.ip to the real client address and strips forwarded headers from untrusted peers. */
 export function trustedProxies(enabled: boolean, entries: string[]): Koa.Middleware {
   const list = proxyList(entries);

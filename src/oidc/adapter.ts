@@ -162,6 +162,16 @@ class PayloadAdapter implements Adapter {
 }
 
 /** Clients live in their own table so the admin tools can list and edit them. */
+/**
+ * RFC 8705 §3: every confidential client gets certificate-bound access tokens unless its registration
+ * says otherwise; a public client opts in (its refresh tokens are then bound too).
+ */
+export function withCertificateBindingDefault(metadata: AdapterPayload): AdapterPayload {
+  const confidential = (metadata.token_endpoint_auth_method ?? 'client_secret_basic') !== 'none';
+  if (!confidential || metadata.tls_client_certificate_bound_access_tokens !== undefined) return metadata;
+  return { ...metadata, tls_client_certificate_bound_access_tokens: true };
+}
+
 class ClientAdapter implements Adapter {
   constructor(private readonly db: Db) {}
 
@@ -178,7 +188,8 @@ class ClientAdapter implements Adapter {
       'SELECT metadata FROM clients WHERE client_id = $1',
       [id],
     );
-    return rows[0]?.metadata;
+    const metadata = rows[0]?.metadata;
+    return metadata && withCertificateBindingDefault(metadata);
   }
 
   async destroy(id: string): Promise<void> {

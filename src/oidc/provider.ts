@@ -15,6 +15,9 @@ import { findUserById } from '../accounts/users.ts';
 import { audParameter, GrantContexts, launchContextCheck, launchParameter } from './launch-context.ts';
 import { RESOURCE_SCOPE_METADATA, validateResourceScopeMetadata } from './resource-scope-ceiling.ts';
 import { smartScopeHooks } from './smart-scopes.ts';
+import type { TrustAnchors } from '../mtls/index.ts';
+import { mtlsEndpointAliases, ROUTES } from './endpoints.ts';
+import { mtlsFeature } from './mtls.ts';
 
 export interface ProviderDeps {
   config: Config;
@@ -25,6 +28,8 @@ export interface ProviderDeps {
   logger: Logger;
   /** Records token/code/session changes in the audit log inside their own transactions. */
   storageAudit?: StorageAudit | undefined;
+  /** CA bundle for tls_client_auth client certificates (none: no certificate is ever authorized). */
+  clientTrust?: TrustAnchors | undefined;
   /** One per server, shared by every provider build, so a key reload mid-request loses no handle. */
   jwtAccessTokens?: JwtAccessTokenRegistry | undefined;
 }
@@ -35,7 +40,9 @@ export interface BuiltProvider {
 }
 
 export const SIGNING_ALG = 'ES256';
-export const CLIENT_AUTH_METHODS = ['client_secret_basic', 'client_secret_post', 'private_key_jwt', 'none'] as const;
+export const CLIENT_AUTH_METHODS = [
+  'client_secret_basic', 'client_secret_post', 'private_key_jwt', 'tls_client_auth', 'self_signed_tls_client_auth', 'none',
+] as const;
 
 /** OpenID and SMART launch scopes: they pass through to grants as they are (resource scopes do not). */
 export const NAMED_SCOPES = [
@@ -135,9 +142,13 @@ export function buildProvider(deps: ProviderDeps): BuiltProvider {
         },
       },
     },
+    routes: ROUTES,
+    // RFC 8705 §5: clients send their certificate to the mTLS listener; browsers never meet it.
+    discovery: { mtls_endpoint_aliases: mtlsEndpointAliases(config.mtlsBaseUrl) },
     interactions: { url: (_ctx, interaction) => `/interaction/${interaction.uid}`, policy: interactionPolicyWithLaunch() },
     features: {
       devInteractions: { enabled: false },
+      mTLS: mtlsFeature(deps.clientTrust ?? { certificates: [] }),
       clientCredentials: { enabled: true },
       introspection: {
         enabled: true,

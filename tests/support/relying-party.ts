@@ -9,7 +9,8 @@ import { APP, CLINICIAN, FHIR, type TestServer } from './test-server.ts';
 export async function relyingParty(ts: TestServer, clientId = APP.client_id, secret = APP.client_secret): Promise<oidc.Configuration> {
   const fetchWithCa = ((url: string, options: Record<string, unknown>) =>
     undiciFetch(url, { ...options, dispatcher: ts.dispatcher } as never)) as unknown as oidc.CustomFetch;
-  const config = await oidc.discovery(new URL(ts.issuer), clientId, undefined, oidc.ClientSecretBasic(secret), {
+  // RFC 8705 §5: the token, introspection and revocation calls go to the mTLS aliases with the client certificate.
+  const config = await oidc.discovery(new URL(ts.issuer), clientId, { use_mtls_endpoint_aliases: true }, oidc.ClientSecretBasic(secret), {
     [oidc.customFetch]: fetchWithCa,
   });
   config[oidc.customFetch] = fetchWithCa;

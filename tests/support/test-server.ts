@@ -6,6 +6,7 @@ import path from 'node:path';
 import { Agent, fetch as undiciFetch, type RequestInit } from 'undici';
 
 import { loadConfig, type Config } from '../../src/config.ts';
+import { ensureDevClientCertificate, type IssuedClientCertificate } from '../../src/keystore/pki.ts';
 import { createLogger } from '../../src/log.ts';
 import { applySeed, SeedSchema, type Seed } from '../../src/seed/seed.ts';
 import { startServer, type RunningServer } from '../../src/server.ts';
@@ -78,9 +79,13 @@ export interface TestServer {
   keysDir: string;
   caPem: string;
   testDb: TestDb;
-  /** fetch that trusts the dev CA; never follows redirects. */
+  /** fetch that trusts the dev CA and presents the test client certificate (to listeners that ask); never follows redirects. */
   fetch(url: string | URL, init?: RequestInit): ReturnType<typeof undiciFetch>;
   dispatcher: Agent;
+  /** The client certificate `fetch` presents (issued by the dev client CA). */
+  clientCert: IssuedClientCertificate;
+  /** The URL of an endpoint: token, introspection and revocation on the mTLS listener, the rest on the issuer. */
+  endpoint(path: string): string;
   logs: string[];
   stop(): Promise<void>;
 }
@@ -120,7 +125,8 @@ export async function startTestServer(options: TestServerOptions = {}): Promise<
     await applySeed(testDb.db, server.provider(), server.secrets.clientSecretKey, options.seed ?? TEST_SEED);
   }
   const caPem = server.tls.caPem;
-  const dispatcher = new Agent({ connect: { ca: caPem } });
+  const clientCert = await ensureDevClientCertificate(keysDir, 'test-client');
+  const dispatcher = new Agent({ connect: { ca: caPem, cert: clientCert.certPem, key: clientCert.keyPem } });
   return {
     server,
     config,
@@ -130,6 +136,8 @@ export async function startTestServer(options: TestServerOptions = {}): Promise<
     caPem,
     testDb,
     dispatcher,
+    clientCert,
+    endpoint: (p: string) => `${p.startsWith('/token') ? server.mtlsBaseUrl : server.issuer}${p}`,
     logs,
     fetch: (url, init = {}) => undiciFetch(url, { redirect: 'manual', ...init, dispatcher }),
     async stop() {
