@@ -338,6 +338,8 @@ describe('authenticate: opaque tokens (introspection over HTTPS)', () => {
     await refused(authenticate(v, issuer.opaqueToken(active({ aud: undefined }))), 401, 'invalid_token');
     await refused(authenticate(v, issuer.opaqueToken(active({ token_type: 'DPoP' }))), 401, 'invalid_token', invalidToken('token is not a bearer token'));
     await refused(authenticate(v, issuer.opaqueToken(active({ iss: 'https://evil.example' }))), 401, 'invalid_token');
+    await refused(authenticate(v, issuer.opaqueToken(active({ exp: undefined }))), 401, 'invalid_token', invalidToken('malformed or missing exp claim'));
+    await refused(authenticate(v, issuer.opaqueToken(active({ client_id: undefined }))), 401, 'invalid_token', invalidToken('malformed or missing client_id claim'));
     await authenticate(v, issuer.opaqueToken(active({ aud: ['https://tools.example/api', AUD] })));
   });
 

@@ -169,7 +169,8 @@ export function createResourceVerifier(options: ResourceVerifierOptions): Resour
 
   let keys: Promise<JWTVerifyGetKey> | undefined;
   const getKeys = (): Promise<JWTVerifyGetKey> => {
-    keys ??= resolveJwksUri().then((uri) =>
+    if (keys) return keys;
+    const pending = resolveJwksUri().then((uri) =>
       createRemoteJWKSet(new URL(uri), {
         cooldownDuration: (options.jwksCooldownSeconds ?? 30) * 1000,
         cacheMaxAge: (options.jwksMaxAgeSeconds ?? 600) * 1000,
@@ -183,9 +184,10 @@ export function createResourceVerifier(options: ResourceVerifierOptions): Resour
           }) as unknown as Promise<Response>,
       }),
     );
+    keys = pending;
     // A failed discovery is retried by the next request instead of being remembered.
-    keys.catch(() => { keys = undefined; });
-    return keys;
+    pending.catch(() => { if (keys === pending) keys = undefined; });
+    return pending;
   };
 
   const resolveJwksUri = async (): Promise<string> => {
@@ -283,12 +285,12 @@ export function bearerToken(header: string | readonly string[] | undefined): str
   if (scheme.toLowerCase() !== 'bearer') throw invalidRequest('the Authorization scheme must be Bearer');
   const credentials = space < 0 ? '' : value.slice(space + 1).replace(/^ +/, '');
   if (credentials === '') throw invalidRequest('the Bearer credentials are missing');
+  if (credentials.length > MAX_TOKEN_LENGTH) throw invalidToken('token too large');
   if (!B64TOKEN.test(credentials)) {
     throw invalidRequest(/[\s,]/.test(credentials)
       ? 'exactly one bearer token is allowed'
       : 'the bearer token has characters outside the b64token syntax');
   }
-  if (credentials.length > MAX_TOKEN_LENGTH) throw invalidToken('token too large');
   return credentials;
 }
 
@@ -319,8 +321,8 @@ function toVerifiedToken(claims: Record<string, unknown>, format: 'jwt' | 'opaqu
   if (act !== undefined && (typeof act !== 'object' || act === null || Array.isArray(act))) {
     throw invalidToken('malformed act claim');
   }
-  // Opaque tokens: introspection may omit exp (RFC 7662); treat as "now" so nothing caches it long.
-  const expiresAt = num('exp', format === 'jwt') ?? Math.floor(Date.now() / 1000);
+  // RFC 7662 makes exp optional in introspection answers; a token that never expires is refused here.
+  const expiresAt = num('exp', true)!;
 
   const verified: VerifiedToken = {
     format,
@@ -335,8 +337,12 @@ function toVerifiedToken(claims: Record<string, unknown>, format: 'jwt' | 'opaqu
   };
   const patient = str('patient');
   if (patient !== undefined) verified.patient = patientIdOf(patient);
-  const optional = { fhirUser: str('fhirUser'), acr: str('acr'), tokenId: str('jti') };
-  for (const [k, v] of Object.entries(optional)) if (v !== undefined) (verified as unknown as Record<string, unknown>)[k] = v;
+  const fhirUser = str('fhirUser');
+  if (fhirUser !== undefined) verified.fhirUser = fhirUser;
+  const acr = str('acr');
+  if (acr !== undefined) verified.acr = acr;
+  const tokenId = str('jti');
+  if (tokenId !== undefined) verified.tokenId = tokenId;
   const authTime = num('auth_time');
   if (authTime !== undefined) verified.authTime = authTime;
   const issuedAt = num('iat');
