@@ -79,7 +79,8 @@ describe('SMART App Launch', () => {
     const login = /action="(\/interaction\/[^"]+\/login)"/.exec(step.body)!;
     step = await browser.follow(await browser.post(new URL(login[1]!, ts.issuer), { username: CLINICIAN.username, password: CLINICIAN.password }));
     for (const p of CARE_TEAM_PATIENTS) assert.match(step.body, new RegExp(`value="${p.id}"`), `${p.id} offered`);
-    assert.doesNotMatch(step.body, new RegExp(OUTSIDE_PATIENT.id), 'a patient outside the care team is not offered');
+    assert.doesNotMatch(step.body, new RegExp(`value="${OUTSIDE_PATIENT.id}"`), 'a patient outside the care team is not offered');
+    assert.match(step.body, /Read and search Observation records of the patient in context/);
     assert.doesNotMatch(step.body, new RegExp(OUTSIDE_PATIENT.name));
 
     const confirm = /action="(\/interaction\/[^"]+\/confirm)"/.exec(step.body)!;
@@ -113,7 +114,7 @@ describe('SMART App Launch', () => {
     );
     assert.equal(rows[0]?.rule, 'care_team');
     assert.ok(rows[0]?.target_patient && rows[0].target_patient !== OUTSIDE_PATIENT.id, 'pseudonymised patient');
-    assert.doesNotMatch(rows[0]!.details, new RegExp(OUTSIDE_PATIENT.id));
+    assert.doesNotMatch(rows[0]!.details, new RegExp(`"${OUTSIDE_PATIENT.id}"`));
 
     // The same interaction still accepts a care-team patient afterwards.
     const step2 = await browser.follow(await browser.post(new URL(confirm[1]!, ts.issuer), consentFields(step.body)));

@@ -111,6 +111,7 @@ export async function startExampleFhirServer(options: ExampleFhirServerOptions):
   const store = new Store(options.data ?? JSON.parse(await readFile(new URL('./data.json', import.meta.url), 'utf8')));
   const basePath = (options.basePath ?? '').replace(/\/+$/, '');
   const realm = options.realm ?? 'fhir';
+  let origin = '';
   let baseUrl = '';
 
   const server = https.createServer({
@@ -137,7 +138,8 @@ export async function startExampleFhirServer(options: ExampleFhirServerOptions):
   });
 
   const handle = async (req: IncomingMessage, res: ServerResponse, event: AccessEvent): Promise<void> => {
-    const url = new URL(req.url ?? '/', baseUrl);
+    // Concatenated, not resolved: a request target like `//other.host/x` stays a path of ours.
+    const url = new URL(`${origin}${req.url ?? '/'}`);
     event.path = url.pathname;
     if (!url.pathname.startsWith(`${basePath}/`)) return send(res, 404, outcome('not-found', 'not a FHIR endpoint'));
     const segments = url.pathname.slice(basePath.length + 1).split('/').filter(Boolean);
@@ -218,7 +220,8 @@ export async function startExampleFhirServer(options: ExampleFhirServerOptions):
   });
   const { port } = server.address() as AddressInfo;
   const host = options.host ?? '127.0.0.1';
-  baseUrl = `https://${host.includes(':') ? `[${host}]` : host}:${port}${basePath}`;
+  origin = `https://${host.includes(':') ? `[${host}]` : host}:${port}`;
+  baseUrl = `${origin}${basePath}`;
 
   return {
     url: baseUrl,

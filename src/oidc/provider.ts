@@ -14,6 +14,7 @@ import { JwtAccessTokenRegistry } from './jwt-access-tokens.ts';
 import { findUserById } from '../accounts/users.ts';
 import { audParameter, GrantContexts, launchContextCheck, launchParameter } from './launch-context.ts';
 import { RESOURCE_SCOPE_METADATA, validateResourceScopeMetadata } from './resource-scope-ceiling.ts';
+import { introspectsFor } from './resource-servers.ts';
 import { smartScopeHooks } from './smart-scopes.ts';
 import type { TrustAnchors } from '../mtls/index.ts';
 import { mtlsEndpointAliases, ROUTES } from './endpoints.ts';
@@ -152,9 +153,13 @@ export function buildProvider(deps: ProviderDeps): BuiltProvider {
       clientCredentials: { enabled: true },
       introspection: {
         enabled: true,
-        // Zero trust: a client may introspect only tokens issued to itself (resource servers get
-        // their own right when they are registered as clients in a later issue).
-        allowedPolicy: async (_ctx, client, token) => token.clientId === client.clientId,
+        // Zero trust: a client introspects the tokens issued to itself, and a resource server's own
+        // introspection client those whose audience is that resource server. Nothing else.
+        allowedPolicy: async (_ctx, client, token) => {
+          if (token.clientId === client.clientId) return true;
+          const aud = (token as { aud?: string | string[] }).aud;
+          return introspectsFor(db, client.clientId, Array.isArray(aud) ? aud : aud ? [aud] : []);
+        },
       },
       revocation: {
         enabled: true,

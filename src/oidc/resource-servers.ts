@@ -11,6 +11,8 @@ export interface ResourceServer {
   scope: string;
   accessTokenFormat: 'jwt' | 'opaque';
   accessTokenTtl: number | null;
+  /** The client this resource server introspects tokens with (opaque tokens). */
+  introspectionClientId: string | null;
 }
 
 export const ResourceServerSchema = z.object({
@@ -19,6 +21,7 @@ export const ResourceServerSchema = z.object({
   scope: z.string().regex(/^\S+( \S+)*$/, 'scope is a space-separated list'),
   accessTokenFormat: z.enum(['jwt', 'opaque']).default('jwt'),
   accessTokenTtl: z.number().int().min(1).max(MAX_ACCESS_TOKEN_TTL).optional(),
+  introspectionClientId: z.string().min(1).max(128).optional(),
 });
 export type ResourceServerInput = z.input<typeof ResourceServerSchema>;
 
@@ -28,6 +31,7 @@ interface Row extends Record<string, unknown> {
   scope: string;
   access_token_format: 'jwt' | 'opaque';
   access_token_ttl: number | null;
+  introspection_client_id: string | null;
 }
 
 export async function findResourceServer(db: Queryable, identifier: string): Promise<ResourceServer | undefined> {
@@ -39,16 +43,28 @@ export async function findResourceServer(db: Queryable, identifier: string): Pro
     scope: row.scope,
     accessTokenFormat: row.access_token_format,
     accessTokenTtl: row.access_token_ttl,
+    introspectionClientId: row.introspection_client_id,
   };
 }
 
 export async function upsertResourceServer(db: Queryable, input: ResourceServerInput): Promise<void> {
   const rs = ResourceServerSchema.parse(input);
   await db.query(
-    `INSERT INTO resource_servers (identifier, name, scope, access_token_format, access_token_ttl)
-     VALUES ($1, $2, $3, $4, $5)
+    `INSERT INTO resource_servers (identifier, name, scope, access_token_format, access_token_ttl, introspection_client_id)
+     VALUES ($1, $2, $3, $4, $5, $6)
      ON CONFLICT (identifier) DO UPDATE SET name = EXCLUDED.name, scope = EXCLUDED.scope,
-       access_token_format = EXCLUDED.access_token_format, access_token_ttl = EXCLUDED.access_token_ttl`,
-    [rs.identifier, rs.name, rs.scope, rs.accessTokenFormat, rs.accessTokenTtl ?? null],
+       access_token_format = EXCLUDED.access_token_format, access_token_ttl = EXCLUDED.access_token_ttl,
+       introspection_client_id = EXCLUDED.introspection_client_id`,
+    [rs.identifier, rs.name, rs.scope, rs.accessTokenFormat, rs.accessTokenTtl ?? null, rs.introspectionClientId ?? null],
   );
+}
+
+/** Does `clientId` introspect for one of these audiences (a resource server's own introspection client)? */
+export async function introspectsFor(db: Queryable, clientId: string, audiences: readonly string[]): Promise<boolean> {
+  if (!audiences.length) return false;
+  const { rows } = await db.query<{ n: number }>(
+    'SELECT count(*)::int AS n FROM resource_servers WHERE introspection_client_id = $1 AND identifier = ANY($2::text[])',
+    [clientId, [...audiences]],
+  );
+  return (rows[0]?.n ?? 0) > 0;
 }

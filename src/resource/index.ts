@@ -39,7 +39,9 @@
 //   (record's patientId must equal it; `Patient/x` and `x` are the same); user/ and system/ scopes need
 //   no patient. A search a scope allows only with a filter the search does not specify (e.g.
 //   `patient/Observation.rs?category=laboratory` and no `category` parameter) is allowed, and its
-//   results must be filtered with `permits`; a search whose parameters contradict every scope is 403.
+//   results must be filtered with `permits` (give it each record's patient and its own values of the
+//   parameters scopes filter on, e.g. all its category codes); a search whose parameters contradict
+//   every scope is 403. Without a patient, a patient/ scope limits the search to the token's patient.
 // requireAuthentication: RFC 9470 step-up (401 insufficient_user_authentication with acr_values/max_age).
 // Never log tokens; error descriptions never contain token material.
 export {

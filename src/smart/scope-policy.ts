@@ -50,6 +50,9 @@ const CONTEXT_FOR_FLOW: Record<ScopeFlow, ReadonlySet<string>> = {
   system: new Set(['system']),
 };
 
+/** Scope narrowing is quadratic in the scopes involved: no honest client asks for more than this. */
+export const MAX_REQUESTED_SCOPES = 64;
+
 const shown = (token: string) => (token.length > 100 ? `${token.slice(0, 100)}…` : token);
 
 /** A resource server's scope list, split into SMART scopes and exact-match custom scopes (e.g. `tools/run`). */
@@ -87,7 +90,11 @@ export function decideScopes(input: ScopePolicyInput): ScopePolicyDecision {
   const narrowed: ScopePolicyDecision['narrowed'] = [];
   let requestedResourceScopes = 0;
 
-  for (const token of [...new Set(input.requested.split(' ').filter(Boolean))]) {
+  const tokens = [...new Set(input.requested.split(' ').filter(Boolean))];
+  if (tokens.length > MAX_REQUESTED_SCOPES) {
+    throw new ScopePolicyError('invalid_scope', `more than ${MAX_REQUESTED_SCOPES} scopes requested`, 'scope_count');
+  }
+  for (const token of tokens) {
     const customServers = servers.filter((rs) => rs.custom.has(token));
     if (customServers.length) {
       // A resource server's own non-SMART scope: exact match, within the client's ceiling.

@@ -25,10 +25,10 @@ export const APP = {
 };
 export const SERVICE = { client_id: 'test-service', client_secret: 'test-service-secret-0123456789-01234' };
 export const PUBLIC_APP = { client_id: 'test-public-app', redirect_uri: 'https://public.test/callback' };
-/** On dr.test's care team: the first is the picker's default choice. */
-export const CARE_TEAM_PATIENTS = [{ id: 'pat-1', name: 'Alice Test' }, { id: 'pat-2', name: 'Bob Test' }];
+/** On dr.test's care team: the first is the picker's default choice. Ids match examples/fhir-server/data.json. */
+export const CARE_TEAM_PATIENTS = [{ id: 'p1', name: 'Alice Test' }, { id: 'p2', name: 'Bob Test' }];
 /** A patient dr.test does not care for. */
-export const OUTSIDE_PATIENT = { id: 'pat-9', name: 'Olivia Outside' };
+export const OUTSIDE_PATIENT = { id: 'p3', name: 'Olivia Outside' };
 export const CLINICIAN_ROLE_SCOPE = 'patient/*.cruds user/*.rs';
 
 export const TEST_SEED: Seed = SeedSchema.parse({
