@@ -469,7 +469,7 @@ describe('two server instances on one database (needs the app wiring)', () => {
 
   test('the per-client limit holds across both; 429 carries Retry-After; one audit event', async () => {
     const call = (ts: TestServer, authorization = basicAuth(SERVICE.client_id, SERVICE.client_secret)) =>
-      ts.fetch(`https://localhost:${ts.server.port}/token`, {
+      ts.fetch(`https://localhost:${ts.server.mtlsPort}/token`, {
         method: 'POST',
         body: new URLSearchParams({ grant_type: 'client_credentials', resource: FHIR, scope: 'system/Patient.rs' }).toString(),
         headers: { 'content-type': 'application/x-www-form-urlencoded', authorization },

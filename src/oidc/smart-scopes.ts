@@ -60,7 +60,9 @@ async function roleCeilingFor(db: Queryable, accountId: string | undefined, flow
 
 function toProviderError(err: unknown): never {
   if (err instanceof ScopePolicyError) {
-    throw err.error === 'access_denied' ? new errors.AccessDenied(err.description) : new errors.InvalidScope(err.description, err.scope);
+    if (err.error === 'access_denied') throw new errors.AccessDenied(err.description);
+    if (err.error === 'invalid_target') throw new errors.InvalidTarget(err.description);
+    throw new errors.InvalidScope(err.description, err.scope);
   }
   throw err;
 }
@@ -113,10 +115,6 @@ export function smartScopeHooks(db: Queryable): SmartScopeHooks {
       const { decision, servers } = await decide(ctx, client, indicator);
       const server = servers.get(indicator) ?? await findResourceServer(db, indicator);
       if (!server) throw new errors.InvalidTarget('unknown resource indicator');
-      // Deny by default: a resource server none of whose scopes the client may hold is no audience for it.
-      if (!decision.reachable.has(indicator) && servers.has(indicator)) {
-        throw new errors.InvalidTarget('client is not allowed to use this resource');
-      }
       return { server, scope: decision.perResource.get(indicator) ?? '' };
     },
 

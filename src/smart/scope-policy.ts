@@ -24,8 +24,6 @@ export interface ScopePolicyDecision {
   scope: string;
   /** Per resource server identifier: the resource scopes it may carry (space-separated). */
   perResource: Map<string, string>;
-  /** Resource servers the client may use at all (some scope of theirs is within the client's ceiling). */
-  reachable: Set<string>;
   /** Requested resource scopes the user's role removed entirely. */
   droppedByRole: string[];
   /** Requested scopes that were granted only in part (requested text -> granted texts). */
@@ -35,7 +33,7 @@ export interface ScopePolicyDecision {
 export class ScopePolicyError extends Error {
   override name = 'ScopePolicyError';
   constructor(
-    readonly error: 'invalid_scope' | 'access_denied',
+    readonly error: 'invalid_scope' | 'invalid_target' | 'access_denied',
     readonly description: string,
     readonly rule: string,
     /** The offending scope token, when one is to blame. */
@@ -81,10 +79,10 @@ export function decideScopes(input: ScopePolicyInput): ScopePolicyDecision {
 
   const named: string[] = [];
   const perResource = new Map<string, string[]>(servers.map((rs) => [rs.identifier, []]));
-  const reachable = new Set<string>();
   for (const rs of servers) {
     const clientMay = narrow(rs.smart, clientSmart).length > 0 || [...rs.custom].some((s) => clientCustom.has(s));
-    if (clientMay) reachable.add(rs.identifier);
+    // Deny by default: a resource server none of whose scopes the client may hold is no audience for it.
+    if (!clientMay) throw new ScopePolicyError('invalid_target', 'client is not allowed to use this resource', 'client_resource_ceiling');
   }
   const droppedByRole: string[] = [];
   const narrowed: ScopePolicyDecision['narrowed'] = [];
@@ -143,7 +141,6 @@ export function decideScopes(input: ScopePolicyInput): ScopePolicyDecision {
   return {
     scope: [...new Set([...named, ...grantedResource])].join(' '),
     perResource: new Map([...perResource].map(([id, scopes]) => [id, [...new Set(scopes)].join(' ')])),
-    reachable,
     droppedByRole,
     narrowed,
   };
