@@ -6,14 +6,19 @@ import { DatabaseInUseError } from './db/pglite.ts';
 import { KeyMaterialError } from './keystore/secrets.ts';
 import { createLogger } from './log.ts';
 import { startServer, StartupError } from './server.ts';
-import { tryItGuide } from './try-it.ts';
+import { DEMO_CLIENT_CERTIFICATES, tryItGuide } from './try-it.ts';
+import { ensureDevClientCertificate } from './keystore/pki.ts';
 
 async function main() {
   const config = loadConfig();
   const logger = createLogger(config.logLevel);
   const server = await startServer({ config, logger });
   logger.info({ issuer: server.issuer, mtls: server.mtlsBaseUrl, database: server.db.kind }, 'listening');
-  if (server.seededDemo) process.stdout.write(tryItGuide(server, path.relative(process.cwd(), config.keysDir) || '.'));
+  if (server.seededDemo) {
+    // Client certificates for the demo clients, so the guide's mTLS calls work as printed.
+    for (const name of DEMO_CLIENT_CERTIFICATES) await ensureDevClientCertificate(config.keysDir, name);
+    process.stdout.write(tryItGuide(server, path.relative(process.cwd(), config.keysDir) || '.'));
+  }
 
   let stopping = false;
   const stop = (signal: string) => {

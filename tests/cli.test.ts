@@ -226,7 +226,10 @@ describe('admin CLI', { concurrency: true }, () => {
     failure(await ws.run(['seed', path.join(ws.dir, 'missing.json')]), 1, /cannot read seed file/);
 
     const summary = result(await ws.run(['seed', path.join(ROOT, 'seeds/demo.json')]));
-    assert.deepEqual(summary, { users: ['dr.demo'], resourceServers: ['https://fhir.localhost/r4'], clients: ['demo-app', 'demo-service'] });
+    assert.deepEqual(summary, {
+      users: ['dr.demo'], patients: ['p1', 'p2', 'p3'], careTeam: 2, roles: ['clinician'],
+      resourceServers: ['https://localhost:9443/r4'], clients: ['demo-app', 'demo-service'],
+    });
     const users = await ws.query<{ username: string }>('SELECT username FROM users');
     assert.deepEqual(users.map((u) => u.username), ['dr.demo'], 'the invalid seed created nobody');
   });

@@ -393,9 +393,11 @@ function capabilityStatement(baseUrl: string, issuer: string): Record<string, un
 
 async function main(): Promise<void> {
   const env = process.env;
-  const issuer = env.ISSUER;
-  const audience = env.FHIR_AUDIENCE;
-  if (!issuer || !audience) throw new Error('set ISSUER (the authorization server) and FHIR_AUDIENCE (this server\'s resource identifier)');
+  // Defaults fit `npm start` with the demo seed: its FHIR resource server is https://localhost:9443/r4.
+  const port = Number(env.PORT ?? 9443);
+  const basePath = env.BASE_PATH ?? '/r4';
+  const issuer = env.ISSUER ?? 'https://localhost:3000';
+  const audience = env.FHIR_AUDIENCE ?? `https://localhost:${port}${basePath}`;
   const tls = await loadOrCreateTls(env.KEYS_DIR ?? 'keys', { allowGenerate: false });
   const dispatcher = new Agent({ connect: { ca: tls.caPem } });
   const introspection = env.INTROSPECTION_CLIENT_ID && env.INTROSPECTION_CLIENT_SECRET
@@ -407,9 +409,9 @@ async function main(): Promise<void> {
     : undefined;
   const fetch: FetchLike = (url, init) => undiciFetch(url, { ...init, dispatcher });
   const server = await startExampleFhirServer({
-    port: Number(env.PORT ?? 9443),
+    port,
     host: env.HOST ?? '127.0.0.1',
-    ...(env.BASE_PATH ? { basePath: env.BASE_PATH } : {}),
+    ...(basePath ? { basePath } : {}),
     issuer,
     audience,
     tls: { certPem: tls.certPem, keyPem: tls.keyPem, caPem: tls.clientCaPem },
