@@ -29,6 +29,7 @@ import type { Logger } from './log.ts';
 import { sweepExpired } from './oidc/adapter.ts';
 import { JwtAccessTokenRegistry } from './oidc/jwt-access-tokens.ts';
 import { buildProvider, NAMED_SCOPES, CLIENT_AUTH_METHODS } from './oidc/provider.ts';
+import { sweepExpiredLaunchData } from './smart/launch-contexts.ts';
 import { smartConfigurationRoute } from './smart/smart-configuration.ts';
 import { clientRateLimit } from './ratelimit/client-limit.ts';
 import { createRateLimiters } from './ratelimit/limiters.ts';
@@ -223,6 +224,7 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
       const warn = (what: string) => (err: Error) => logger.warn({ err: err.message }, `${what} sweep failed`);
       sweepExpired(db).catch(warn('expired rows'));
       throttle.sweep().catch(warn('login throttle'));
+      sweepExpiredLaunchData(db).catch(warn('launch context'));
     }, SWEEP_INTERVAL_MS),
   ];
   for (const timer of timers) timer.unref();
