@@ -10,11 +10,6 @@ export function resourceScopeCeiling(client: { [key: string]: unknown } | undefi
   return typeof value === 'string' ? value : '';
 }
 
-export function intersectScopes(a: string, b: string): string {
-  const allowed = new Set(b.split(' ').filter(Boolean));
-  return a.split(' ').filter((scope) => allowed.has(scope)).join(' ');
-}
-
 export function validateResourceScopeMetadata(_ctx: KoaContextWithOIDC | undefined, key: string, value: unknown): void {
   if (key !== RESOURCE_SCOPE_METADATA || value === undefined) return;
   if (typeof value !== 'string' || !SCOPE_LIST.test(value)) {
