@@ -233,10 +233,13 @@ describe('example FHIR server', () => {
     await res.body?.cancel();
   });
 
-  it('never puts a token into its access events', async () => {
+  it('never puts a token or a patient id into its access events', async () => {
     const t = await token();
     await get('/Observation?patient=p1', { token: t, as: 'other' });
+    await get('/Patient/p2', { token: t });
     assert.ok(!JSON.stringify(events).includes(t));
     assert.ok(events.every((e) => !e.path.includes('?')));
+    assert.equal(events.at(-1)?.path, '/Patient/:id');
+    assert.ok(!JSON.stringify(events).includes('p2'));
   });
 });

@@ -10,7 +10,7 @@ import { applySeed, SeedSchema } from '../src/seed/seed.ts';
 import { x5tS256 } from '../src/mtls/index.ts';
 import { Browser } from './support/login-flow.ts';
 import {
-  createCa, devCa, issueClientCertificate, selfSignedClientCertificate, type KeyPairPem,
+  createCa, devCa, issueClientCertificate, issueWithUnknownCriticalExtension, selfSignedClientCertificate, type KeyPairPem,
 } from './support/pki.ts';
 import { basicAuth, CLINICIAN, FHIR, SERVICE, startTestServer, type TestServer } from './support/test-server.ts';
 
@@ -132,6 +132,7 @@ describe('mTLS client authentication and certificate-bound tokens', () => {
       ['not yet valid', await issueClientCertificate(ca, TLS_CLIENT, { notBefore: new Date(Date.now() + DAY), notAfter: new Date(Date.now() + 10 * DAY) }), mtlsToken()],
       ['wrong CA', await issueClientCertificate(otherCa, TLS_CLIENT), mtlsToken()],
       ['wrong subject', await issueClientCertificate(ca, 'somebody-else'), mtlsToken()],
+      ['unknown critical extension', await issueWithUnknownCriticalExtension(ca, TLS_CLIENT), mtlsToken()],
       ['no certificate (browser listener)', undefined, `${ts.issuer}/token`],
     ];
     for (const [name, cert, url] of cases) {

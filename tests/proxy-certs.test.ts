@@ -12,7 +12,7 @@ import * as jose from 'jose';
 import { loadOrCreateTls } from '../src/keystore/pki.ts';
 import { x5tS256 } from '../src/mtls/index.ts';
 import { applySeed, SeedSchema } from '../src/seed/seed.ts';
-import { createCa, derBase64, devCa, issueClientCertificate, type KeyPairPem } from './support/pki.ts';
+import { createCa, derBase64, devCa, issueClientCertificate, issueWithUnknownCriticalExtension, type KeyPairPem } from './support/pki.ts';
 import { basicAuth, FHIR, SERVICE, startTestServer, type TestServer } from './support/test-server.ts';
 
 const WORKLOAD = 'proxied-workload';
@@ -100,6 +100,13 @@ describe('client certificates from a trusted proxy header', () => {
     const leafOnly = await proxiedToken(rfc9440, DEEP_WORKLOAD, { 'client-cert': byteSequence(deepLeaf.certPem) });
     assert.equal(leafOnly.status, 401);
     assert.equal(leafOnly.body.error, 'invalid_client');
+  });
+
+  test('a header certificate with a critical extension we do not process is refused (RFC 5280 §4.2)', async () => {
+    const odd = await issueWithUnknownCriticalExtension(await devCa(path.join(bundleDir, 'keys')), WORKLOAD);
+    const res = await proxiedToken(rfc9440, WORKLOAD, { 'client-cert': byteSequence(odd.certPem) });
+    assert.equal(res.status, 401, JSON.stringify(res.body));
+    assert.equal(res.body.error, 'invalid_client');
   });
 
   test('a malformed certificate header from the proxy is no certificate (invalid_client) and is audited', async () => {

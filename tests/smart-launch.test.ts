@@ -8,6 +8,7 @@ import * as jose from 'jose';
 import * as oidc from 'openid-client';
 
 import { createUser } from '../src/accounts/users.ts';
+import { addCareTeamMember, endCareTeamMembership } from '../src/smart/care-team.ts';
 import { createLaunch } from '../src/smart/launch-contexts.ts';
 import { Browser, consentFields } from './support/login-flow.ts';
 import { relyingParty } from './support/relying-party.ts';
@@ -213,5 +214,31 @@ describe('SMART App Launch', () => {
       oidc.refreshTokenGrant(app, refreshed.refresh_token!, { scope: 'patient/Observation.rs patient/Patient.rs' }),
       (err: unknown) => (err as { error?: string }).error === 'invalid_scope',
     );
+  });
+
+  test('an authorization that needs no patient does not inherit an earlier launch\'s patient', async () => {
+    const browser = new Browser(ts);
+    const first = await authorizationUrl(app, { scope: 'openid launch/patient patient/Observation.rs', aud: FHIR });
+    await redeem(app, first, await browser.authorize(first.url, CLINICIAN.username, CLINICIAN.password, { patient: CARE_TEAM_PATIENTS[1]!.id }));
+    const second = await authorizationUrl(app, { scope: 'openid', aud: FHIR });
+    const tokens = await redeem(app, second, await browser.authorize(second.url, CLINICIAN.username, CLINICIAN.password));
+    assert.equal(tokens.patient, undefined);
+    assert.equal(tokens.need_patient_banner, undefined);
+    assert.equal(jose.decodeJwt(tokens.access_token).patient, undefined);
+  });
+
+  test('leaving the care team ends access: the next refresh is invalid_grant', async () => {
+    const patient = CARE_TEAM_PATIENTS[1]!.id;
+    const started = await authorizationUrl(app, { scope: 'openid offline_access launch/patient patient/Observation.rs', aud: FHIR, prompt: 'consent' });
+    const tokens = await redeem(app, started, await new Browser(ts).authorize(started.url, CLINICIAN.username, CLINICIAN.password, { patient }));
+    const { rows } = await ts.testDb.db.query<{ id: string }>('SELECT id FROM users WHERE username = $1', [CLINICIAN.username]);
+    const userId = rows[0]!.id;
+    await endCareTeamMembership(ts.testDb.db, userId, patient);
+    try {
+      await assert.rejects(oidc.refreshTokenGrant(app, tokens.refresh_token!),
+        (err: unknown) => (err as { error?: string }).error === 'invalid_grant');
+    } finally {
+      await addCareTeamMember(ts.testDb.db, { userId, patientId: patient });
+    }
   });
 });

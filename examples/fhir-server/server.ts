@@ -140,7 +140,8 @@ export async function startExampleFhirServer(options: ExampleFhirServerOptions):
   const handle = async (req: IncomingMessage, res: ServerResponse, event: AccessEvent): Promise<void> => {
     // Concatenated, not resolved: a request target like `//other.host/x` stays a path of ours.
     const url = new URL(`${origin}${req.url ?? '/'}`);
-    event.path = url.pathname;
+    // Logs never carry patient ids (DESIGN.md §5): ids in the path are replaced by `:id`.
+    event.path = withoutIds(url.pathname, basePath);
     if (!url.pathname.startsWith(`${basePath}/`)) return send(res, 404, outcome('not-found', 'not a FHIR endpoint'));
     const segments = url.pathname.slice(basePath.length + 1).split('/').filter(Boolean);
     if (req.method !== 'GET') return send(res, 405, outcome('not-supported', 'only GET is supported'), { allow: 'GET' });
@@ -430,4 +431,11 @@ if (process.argv[1] !== undefined && import.meta.url === pathToFileURL(process.a
     console.error(err instanceof Error ? err.message : err);
     process.exit(1);
   });
+}
+
+/** `/r4/Patient/p1` -> `/r4/Patient/:id`: the resource type stays, the logical id does not. */
+export function withoutIds(pathname: string, basePath: string): string {
+  if (!pathname.startsWith(`${basePath}/`)) return pathname.length > 64 ? `${pathname.slice(0, 64)}…` : pathname;
+  const segments = pathname.slice(basePath.length + 1).split('/');
+  return `${basePath}/${segments.map((segment, i) => (i % 2 === 1 && segment ? ':id' : segment)).join('/')}`;
 }

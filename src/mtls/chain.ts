@@ -12,7 +12,8 @@ export interface TrustAnchors {
   readonly certificates: readonly X509Certificate[];
 }
 
-export type ChainFailure = 'expired' | 'not_yet_valid' | 'untrusted_issuer' | 'bad_signature' | 'not_a_ca' | 'not_client_auth';
+export type ChainFailure =
+  | 'expired' | 'not_yet_valid' | 'untrusted_issuer' | 'bad_signature' | 'not_a_ca' | 'not_client_auth' | 'unhandled_critical_extension';
 export type ChainResult = { ok: true } | { ok: false; reason: ChainFailure };
 
 /** Certificates in one path, leaf and trust anchor included. */
@@ -37,6 +38,9 @@ export function loadTrustAnchors(pem: string): TrustAnchors {
  */
 export function verifyChain(presented: Pick<PresentedCertificate, 'leaf' | 'chain'>, trust: TrustAnchors, now: Date = new Date()): ChainResult {
   const { leaf } = presented;
+  // RFC 5280 §4.2: a certificate with a critical extension we do not process (name or policy
+  // constraints, ...) must be rejected, or a constrained sub-CA could mint any subject.
+  if ([leaf, ...presented.chain].some(hasUnhandledCriticalExtension)) return { ok: false, reason: 'unhandled_critical_extension' };
   if (!usableForClientAuth(leaf)) return { ok: false, reason: 'not_client_auth' };
   const leafWindow = validityFailure(leaf, now);
   if (leafWindow) return { ok: false, reason: leafWindow };
@@ -62,8 +66,11 @@ export function authorizeCertificate(
   now: Date = new Date(),
 ): ChainResult {
   const result = verifyChain(presented, trust, now);
-  if (!result.ok && result.reason === 'untrusted_issuer' && presented.source === 'socket' && presented.tlsAuthorized === true) {
-    return { ok: true };
+  if (presented.source === 'socket') {
+    // OpenSSL already judged the handshake against the same bundle (critical extensions, name
+    // constraints, ...): its refusal is final, our checks only add to it.
+    if (presented.tlsAuthorized !== true) return result.ok ? { ok: false, reason: 'untrusted_issuer' } : result;
+    if (!result.ok && result.reason === 'untrusted_issuer') return { ok: true };
   }
   return result;
 }
@@ -129,6 +136,20 @@ function usableForClientAuth(leaf: X509Certificate): boolean {
   const keyUsage = peculiar(leaf).getExtension(x509.KeyUsagesExtension);
   if (keyUsage && (keyUsage.usages & x509.KeyUsageFlags.digitalSignature) === 0) return false;
   return true;
+}
+
+/** Extensions whose meaning verifyChain and usableForClientAuth enforce (or that carry no constraint). */
+const HANDLED_EXTENSIONS = new Set([
+  '2.5.29.14', // subjectKeyIdentifier
+  '2.5.29.15', // keyUsage
+  '2.5.29.17', // subjectAltName
+  '2.5.29.19', // basicConstraints
+  '2.5.29.35', // authorityKeyIdentifier
+  '2.5.29.37', // extKeyUsage
+]);
+
+function hasUnhandledCriticalExtension(cert: X509Certificate): boolean {
+  return peculiar(cert).extensions.some((extension) => extension.critical && !HANDLED_EXTENSIONS.has(extension.type));
 }
 
 function pathLengthExceeded(issuer: X509Certificate, intermediatesBelow: number): boolean {

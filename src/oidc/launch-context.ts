@@ -8,6 +8,7 @@ import type Provider from 'oidc-provider';
 import { errors, interactionPolicy, type KoaContextWithOIDC } from 'oidc-provider';
 
 import type { Queryable } from '../db/index.ts';
+import { isOnCareTeam } from '../smart/care-team.ts';
 import { findGrantLaunchContext, resolveLaunch, type GrantLaunchContext, type LaunchContext } from '../smart/launch-contexts.ts';
 import { parseScope } from '../smart/scopes.ts';
 
@@ -100,10 +101,18 @@ export class GrantContexts {
     return found;
   }
 
-  /** Claims an access token of this grant carries: the patient in context (SMART `patient`). */
-  async claims(ctx: object | undefined, grantId: string | undefined): Promise<Record<string, unknown>> {
-    const context = await this.find(ctx, grantId);
+  /**
+   * Claims an access token of this grant carries: the patient in context (SMART `patient`), only when
+   * the authorization it comes from needs a patient, and only while that patient is still on the
+   * clinician's care team (checked at every issue, refresh included: leaving the team ends access).
+   */
+  async claims(ctx: object | undefined, token: { grantId?: string | undefined; accountId?: string | undefined }, sourceScope: string | undefined): Promise<Record<string, unknown>> {
+    if (!needsPatientContext(sourceScope)) return {};
+    const context = await this.find(ctx, token.grantId);
     if (!context) return {};
+    if (!token.accountId || !await isOnCareTeam(this.#db, token.accountId, context.patientId)) {
+      throw new errors.InvalidGrant('the patient in context is no longer on the clinician\'s care team');
+    }
     return { patient: context.patientId, ...(context.encounterId ? { encounter: context.encounterId } : {}) };
   }
 
@@ -114,6 +123,8 @@ export class GrantContexts {
       if (ctx.oidc?.route !== 'token' || ctx.status !== 200) return;
       const body = ctx.body as Record<string, unknown> | undefined;
       if (!body || typeof body.access_token !== 'string') return;
+      const source = ctx.oidc.entities.AuthorizationCode ?? ctx.oidc.entities.RefreshToken;
+      if (!needsPatientContext(source?.scope)) return;
       const token = ctx.oidc.entities.AccessToken as { grantId?: string } | undefined;
       const context = await this.find(ctx, token?.grantId);
       if (!context) return;

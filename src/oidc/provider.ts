@@ -66,7 +66,7 @@ function tokenClaims(db: Db, contexts: GrantContexts) {
       const user = await findUserById(db, token.accountId);
       if (user?.fhirUser) claims.fhirUser = user.fhirUser;
     }
-    Object.assign(claims, await contexts.claims(ctx, token.grantId));
+    Object.assign(claims, await contexts.claims(ctx, token, source?.scope));
     return { ...claims, ...(token.extra ?? {}) };
   };
 }

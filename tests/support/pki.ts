@@ -65,6 +65,28 @@ export function issueClientCertificate(
   return issueTestCertificate({ caCertPem: ca.certPem, caKeyPem: ca.keyPem, commonName, ...validity });
 }
 
+/** A client certificate carrying a critical extension nobody understands (RFC 5280: must be rejected). */
+export async function issueWithUnknownCriticalExtension(ca: KeyPairPem, commonName: string): Promise<KeyPairPem> {
+  const keys = await generate();
+  const caCert = new x509.X509Certificate(ca.certPem);
+  const cert = await x509.X509CertificateGenerator.create({
+    subject: `CN=${commonName}`,
+    issuer: caCert.subject,
+    publicKey: keys.publicKey,
+    signingKey: await importKey(ca.keyPem),
+    signingAlgorithm: SIGNING,
+    notBefore: new Date(Date.now() - DAY),
+    notAfter: new Date(Date.now() + 30 * DAY),
+    extensions: [
+      new x509.BasicConstraintsExtension(false, undefined, true),
+      new x509.ExtendedKeyUsageExtension([x509.ExtendedKeyUsage.clientAuth]),
+      await x509.AuthorityKeyIdentifierExtension.create(caCert),
+      new x509.Extension('1.3.6.1.4.1.99999.1', true, new Uint8Array([0x05, 0x00]).buffer),
+    ],
+  });
+  return { certPem: cert.toString('pem'), keyPem: await exportPKCS8(keys.privateKey) };
+}
+
 /** A self-signed client certificate (self_signed_tls_client_auth), with its public JWK carrying x5c. */
 export async function selfSignedClientCertificate(
   commonName: string, validity: { notBefore?: Date; notAfter?: Date } = {},
