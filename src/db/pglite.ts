@@ -2,7 +2,7 @@
 import fs from 'node:fs/promises';
 import path from 'node:path';
 
-import { PGlite } from '@electric-sql/pglite';
+import { PGlite, type PGliteOptions } from '@electric-sql/pglite';
 
 import {
   assertStorableParams, DatabaseUnavailableError, translateError, translateScriptError, type Db, type Queryable, type QueryResult, type Row,
@@ -45,6 +45,23 @@ async function lockDataDir(dataDir: string): Promise<() => Promise<void>> {
   throw new DatabaseInUseError(`embedded database ${dataDir} is locked`);
 }
 
+// Compiled once per process and shared by every PGlite instance: tests open many, and compiling (then
+// garbage-collecting) a fresh copy of PostgreSQL's WebAssembly each time is slow and has crashed V8.
+type WasmModule = NonNullable<PGliteOptions['pgliteWasmModule']>;
+// The DOM lib (WebAssembly's types) is not in this project's tsconfig; the runtime has it.
+const wasm = (globalThis as unknown as { WebAssembly: { compile(bytes: Uint8Array): Promise<WasmModule> } }).WebAssembly;
+let compiledModules: Promise<{ pgliteWasmModule: WasmModule; initdbWasmModule: WasmModule }> | undefined;
+function pgliteModules() {
+  compiledModules ??= (async () => {
+    const dist = new URL('.', import.meta.resolve('@electric-sql/pglite'));
+    const [pglite, initdb] = await Promise.all([
+      fs.readFile(new URL('pglite.wasm', dist)), fs.readFile(new URL('initdb.wasm', dist)),
+    ]);
+    return { pgliteWasmModule: await wasm.compile(pglite), initdbWasmModule: await wasm.compile(initdb) };
+  })();
+  return compiledModules;
+}
+
 /** dataDir undefined keeps the database in memory (tests). */
 export async function createPgliteDb(dataDir: string | undefined): Promise<Db> {
   let unlock = async () => {};
@@ -52,7 +69,7 @@ export async function createPgliteDb(dataDir: string | undefined): Promise<Db> {
     await fs.mkdir(dataDir, { recursive: true, mode: 0o700 });
     unlock = await lockDataDir(dataDir);
   }
-  const pglite = dataDir ? new PGlite(dataDir) : new PGlite();
+  const pglite = new PGlite({ ...(dataDir ? { dataDir } : {}), ...await pgliteModules() });
   try {
     await pglite.waitReady;
   } catch (err) {
