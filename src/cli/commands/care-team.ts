@@ -7,11 +7,11 @@ import type { Queryable } from '../../db/index.ts';
 import { addCareTeamMember, currentCareTeamPatients, endCareTeamMembership } from '../../smart/care-team.ts';
 import { requirePatientId } from '../../smart/patients.ts';
 import {
-  CLI_AUDIT, CliError, createAuditLog, expectPositionals, loadKeyMaterial, parseCommandArgs, UsageError, withDatabase,
+  CLI_AUDIT, CliError, expectPositionals, parseCommandArgs, UsageError, withDatabase,
   type Command,
 } from '../context.ts';
 import { parseInstant } from './audit-export.ts';
-import { asCliError, smartInput } from './patient-add.ts';
+import { auditedChange, smartInput } from './smart-input.ts';
 
 /** The username given with --user, checked before the database is opened. */
 export function usernameOption(command: string, value: string | undefined, required: boolean): string | undefined {
@@ -72,35 +72,26 @@ export const careTeamAddCommand: Command = {
     const validFrom = instantOption(this.name, '--from', values.from);
     const validTo = instantOption(this.name, '--to', values.to);
     if (validFrom && validTo && validTo <= validFrom) throw new CliError('invalid care-team window: --to must be after --from');
-    const config = loadConfig();
-    const material = await loadKeyMaterial(config);
-    return withDatabase(config, async (db) => {
-      const audit = await createAuditLog(db, material);
-      try {
-        return await db.transaction(async (tx) => {
-          const user = await requireUser(tx, username);
-          const added = await addCareTeamMember(tx, { userId: user.id, patientId, ...(validFrom && { validFrom }), validTo: validTo ?? null });
-          const { rows: [clock] } = await tx.query<{ now: Date }>('SELECT now() AS now');
-          const { rows } = await tx.query<{ valid_from: Date; valid_to: Date | null }>(
-            `SELECT valid_from, valid_to FROM care_team
-              WHERE user_id = $1 AND patient_id = $2 AND (valid_to IS NULL OR valid_to > now()) ORDER BY valid_from`,
-            [user.id, patientId],
-          );
-          if (added) {
-            await audit.record({
-              type: 'care_team.added', outcome: 'success', rule: CLI_AUDIT.rule,
-              target: { patientId },
-              details: { ...CLI_AUDIT.details, user_id: user.id, valid_from: iso(validFrom ?? clock!.now), valid_to: validTo?.toISOString() ?? null },
-            }, tx);
-          }
-          return {
-            userId: user.id, patientId, added,
-            memberships: rows.map((r) => ({ validFrom: iso(r.valid_from), validTo: iso(r.valid_to) })),
-          };
-        });
-      } catch (err) {
-        throw asCliError(err);
+    return auditedChange(async (tx, audit) => {
+      const user = await requireUser(tx, username);
+      const added = await addCareTeamMember(tx, { userId: user.id, patientId, ...(validFrom && { validFrom }), validTo: validTo ?? null });
+      const { rows: [clock] } = await tx.query<{ now: Date }>('SELECT now() AS now');
+      const { rows } = await tx.query<{ valid_from: Date; valid_to: Date | null }>(
+        `SELECT valid_from, valid_to FROM care_team
+          WHERE user_id = $1 AND patient_id = $2 AND (valid_to IS NULL OR valid_to > now()) ORDER BY valid_from`,
+        [user.id, patientId],
+      );
+      if (added) {
+        await audit.record({
+          type: 'care_team.added', outcome: 'success', rule: CLI_AUDIT.rule,
+          target: { patientId },
+          details: { ...CLI_AUDIT.details, user_id: user.id, valid_from: iso(validFrom ?? clock!.now), valid_to: validTo?.toISOString() ?? null },
+        }, tx);
       }
+      return {
+        userId: user.id, patientId, added,
+        memberships: rows.map((r) => ({ validFrom: iso(r.valid_from), validTo: iso(r.valid_to) })),
+      };
     });
   },
 };
@@ -122,24 +113,15 @@ export const careTeamEndCommand: Command = {
     expectPositionals(this.name, positionals, []);
     const username = usernameOption(this.name, values.user, true)!;
     const patientId = requiredPatient(this.name, values.patient);
-    const config = loadConfig();
-    const material = await loadKeyMaterial(config);
-    return withDatabase(config, async (db) => {
-      const audit = await createAuditLog(db, material);
-      try {
-        return await db.transaction(async (tx) => {
-          const user = await requireUser(tx, username);
-          const ended = await endCareTeamMembership(tx, user.id, patientId);
-          if (ended === 0) throw new CliError(`user ${username} is not on that patient's care team`);
-          await audit.record({
-            type: 'care_team.ended', outcome: 'success', rule: CLI_AUDIT.rule,
-            target: { patientId }, details: { ...CLI_AUDIT.details, user_id: user.id, ended },
-          }, tx);
-          return { userId: user.id, patientId, ended };
-        });
-      } catch (err) {
-        throw asCliError(err);
-      }
+    return auditedChange(async (tx, audit) => {
+      const user = await requireUser(tx, username);
+      const ended = await endCareTeamMembership(tx, user.id, patientId);
+      if (ended === 0) throw new CliError(`user ${username} is not on that patient's care team`);
+      await audit.record({
+        type: 'care_team.ended', outcome: 'success', rule: CLI_AUDIT.rule,
+        target: { patientId }, details: { ...CLI_AUDIT.details, user_id: user.id, ended },
+      }, tx);
+      return { userId: user.id, patientId, ended };
     });
   },
 };

@@ -1,15 +1,13 @@
 // `launch create`: an EHR launch value (the SMART `launch` parameter) for a patient, as an EHR would
 // mint it. Printed once; only its SHA-256 is stored, and the audit event carries neither the value nor
 // the raw patient id (the patient only as its pseudonym).
-import { loadConfig } from '../../config.ts';
 import { createLaunch, MAX_LAUNCH_TTL_SECONDS } from '../../smart/launch-contexts.ts';
 import { requireEncounterId, requirePatientId } from '../../smart/patients.ts';
 import {
-  CLI_AUDIT, CliError, createAuditLog, expectPositionals, loadKeyMaterial, parseCommandArgs, UsageError, withDatabase,
-  type Command,
+  CLI_AUDIT, CliError, expectPositionals, parseCommandArgs, UsageError, type Command,
 } from '../context.ts';
 import { requireUser, usernameOption } from './care-team.ts';
-import { asCliError, smartInput } from './patient-add.ts';
+import { auditedChange, smartInput } from './smart-input.ts';
 
 const OPTIONS = {
   patient: { type: 'string' },
@@ -53,32 +51,23 @@ export const launchCreateCommand: Command = {
     }
     if (values.client !== undefined && !/^[\x21-\x7e]{1,256}$/.test(values.client)) throw new CliError('invalid --client');
     const clientId = values.client;
-    const config = loadConfig();
-    const material = await loadKeyMaterial(config);
-    return withDatabase(config, async (db) => {
-      const audit = await createAuditLog(db, material);
-      try {
-        return await db.transaction(async (tx) => {
-          const user = username === undefined ? undefined : await requireUser(tx, username);
-          const created = await createLaunch(tx, {
-            patientId, ttlSeconds,
-            ...(encounterId !== undefined && { encounterId }),
-            ...(clientId !== undefined && { clientId }),
-            ...(user && { userId: user.id }),
-          });
-          await audit.record({
-            type: 'launch.created', outcome: 'success', rule: CLI_AUDIT.rule,
-            target: { patientId, clientId },
-            details: {
-              ...CLI_AUDIT.details, user_id: user?.id, ttl_seconds: ttlSeconds, encounter: encounterId !== undefined,
-              expires_at: created.expiresAt.toISOString(),
-            },
-          }, tx);
-          return { launch: created.launch, expiresAt: created.expiresAt.toISOString() };
-        });
-      } catch (err) {
-        throw asCliError(err);
-      }
+    return auditedChange(async (tx, audit) => {
+      const user = username === undefined ? undefined : await requireUser(tx, username);
+      const created = await createLaunch(tx, {
+        patientId, ttlSeconds,
+        ...(encounterId !== undefined && { encounterId }),
+        ...(clientId !== undefined && { clientId }),
+        ...(user && { userId: user.id }),
+      });
+      await audit.record({
+        type: 'launch.created', outcome: 'success', rule: CLI_AUDIT.rule,
+        target: { patientId, clientId },
+        details: {
+          ...CLI_AUDIT.details, user_id: user?.id, ttl_seconds: ttlSeconds, encounter: encounterId !== undefined,
+          expires_at: created.expiresAt.toISOString(),
+        },
+      }, tx);
+      return { launch: created.launch, expiresAt: created.expiresAt.toISOString() };
     });
   },
 };

@@ -1,30 +1,15 @@
 // `patient add`: records a patient (FHIR Patient logical id and the name shown in the patient picker),
 // or renames one. The audit event carries the patient only as its pseudonym, never the name.
-import { loadConfig } from '../../config.ts';
-import { requireDisplayName, requirePatientId, SmartDataError, upsertPatient } from '../../smart/patients.ts';
+import { requireDisplayName, requirePatientId, upsertPatient } from '../../smart/patients.ts';
 import {
-  CLI_AUDIT, CliError, createAuditLog, expectPositionals, loadKeyMaterial, parseCommandArgs, UsageError, withDatabase,
-  type Command,
+  CLI_AUDIT, expectPositionals, parseCommandArgs, UsageError, type Command,
 } from '../context.ts';
+import { auditedChange, smartInput } from './smart-input.ts';
 
 const OPTIONS = {
   id: { type: 'string' },
   name: { type: 'string' },
 } as const;
-
-/** SmartDataError → CliError (exit 1 with its message); other errors unchanged. */
-export function asCliError(err: unknown): unknown {
-  return err instanceof SmartDataError ? new CliError(err.message) : err;
-}
-
-/** Runs fn, turning SmartDataError into CliError. */
-export function smartInput<T>(fn: () => T): T {
-  try {
-    return fn();
-  } catch (err) {
-    throw asCliError(err);
-  }
-}
 
 export const patientAddCommand: Command = {
   name: 'patient add',
@@ -45,24 +30,15 @@ export const patientAddCommand: Command = {
     if (values.name === undefined) throw new UsageError(`${this.name}: --name is required`);
     const id = smartInput(() => requirePatientId(values.id!, '--id'));
     const displayName = smartInput(() => requireDisplayName(values.name!));
-    const config = loadConfig();
-    const material = await loadKeyMaterial(config);
-    return withDatabase(config, async (db) => {
-      const audit = await createAuditLog(db, material);
-      try {
-        return await db.transaction(async (tx) => {
-          const { rows } = await tx.query('SELECT 1 FROM patients WHERE id = $1', [id]);
-          const created = rows.length === 0;
-          await upsertPatient(tx, { id, displayName });
-          await audit.record({
-            type: 'patient.added', outcome: 'success', rule: CLI_AUDIT.rule,
-            target: { patientId: id }, details: { ...CLI_AUDIT.details, created },
-          }, tx);
-          return { id, created };
-        });
-      } catch (err) {
-        throw asCliError(err);
-      }
+    return auditedChange(async (tx, audit) => {
+      const { rows } = await tx.query('SELECT 1 FROM patients WHERE id = $1', [id]);
+      const created = rows.length === 0;
+      await upsertPatient(tx, { id, displayName });
+      await audit.record({
+        type: 'patient.added', outcome: 'success', rule: CLI_AUDIT.rule,
+        target: { patientId: id }, details: { ...CLI_AUDIT.details, created },
+      }, tx);
+      return { id, created };
     });
   },
 };

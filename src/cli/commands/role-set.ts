@@ -1,11 +1,10 @@
 // `role set`: the SMART scope ceiling of a user role. A user is granted at most the union of the
 // ceilings of their roles; a role without one permits no resource scope.
-import { loadConfig } from '../../config.ts';
 import { normaliseRoleScope, requireRoleName, setRoleScopes } from '../../smart/roles.ts';
 import {
-  CLI_AUDIT, createAuditLog, expectPositionals, loadKeyMaterial, parseCommandArgs, UsageError, withDatabase, type Command,
+  CLI_AUDIT, expectPositionals, parseCommandArgs, UsageError, type Command,
 } from '../context.ts';
-import { asCliError, smartInput } from './patient-add.ts';
+import { auditedChange, smartInput } from './smart-input.ts';
 
 export const roleSetCommand: Command = {
   name: 'role set',
@@ -27,22 +26,13 @@ export const roleSetCommand: Command = {
     if (values.scope === undefined) throw new UsageError(`${this.name}: --scope is required`);
     const role = smartInput(() => requireRoleName(values.name!));
     const tokens = smartInput(() => normaliseRoleScope(values.scope!));
-    const config = loadConfig();
-    const material = await loadKeyMaterial(config);
-    return withDatabase(config, async (db) => {
-      const audit = await createAuditLog(db, material);
-      try {
-        return await db.transaction(async (tx) => {
-          await setRoleScopes(tx, role, tokens.join(' '));
-          await audit.record({
-            type: 'role.scopes_set', outcome: 'success', rule: CLI_AUDIT.rule,
-            details: { ...CLI_AUDIT.details, role, scopes: tokens },
-          }, tx);
-          return { role, scope: tokens.join(' ') };
-        });
-      } catch (err) {
-        throw asCliError(err);
-      }
+    return auditedChange(async (tx, audit) => {
+      await setRoleScopes(tx, role, tokens.join(' '));
+      await audit.record({
+        type: 'role.scopes_set', outcome: 'success', rule: CLI_AUDIT.rule,
+        details: { ...CLI_AUDIT.details, role, scopes: tokens },
+      }, tx);
+      return { role, scope: tokens.join(' ') };
     });
   },
 };
