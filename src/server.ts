@@ -156,7 +156,7 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
     const jwks = providerJwks(keySet);
     const built = buildProvider({
       config: effective, db, logger, jwks, cookieKeys: secrets.cookieKeys, clientSecretKey: secrets.clientSecretKey, storageAudit,
-      jwtAccessTokens, clientTrust,
+      jwtAccessTokens, clientTrust, audit,
     });
     return { ...built, publicJwks: { keys: jwks.keys.map(publicJwk) } };
   };

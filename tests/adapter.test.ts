@@ -7,7 +7,7 @@ import { after, before, describe, test } from 'node:test';
 import { errors, type Adapter, type AdapterPayload } from 'oidc-provider';
 
 import { migrate } from '../src/db/migrate.ts';
-import { createAdapter, sweepExpired } from '../src/oidc/adapter.ts';
+import { createAdapter, grantFamily, linkChildGrant, sweepExpired } from '../src/oidc/adapter.ts';
 import { createTestDb, type TestDb } from './support/test-db.ts';
 import { basicAuth, FHIR, form, SERVICE, startTestServer } from './support/test-server.ts';
 
@@ -44,6 +44,33 @@ describe('adapter', () => {
     const { rows } = await testDb.db.query("SELECT id FROM oidc_payloads WHERE id = 'code-short'");
     assert.equal(rows.length, 0);
     assert.ok(await codes.find('code-live'), 'live rows survive the sweep');
+  });
+
+  test('derived grants (token exchange) go with their parent: per-model revocation and grant destroy', async () => {
+    const soon = new Date(Date.now() + 60_000);
+    const tokens = adapterFor('AccessToken');
+    const grants = adapterFor('Grant');
+    for (const id of ['gp', 'gc', 'gg', 'gx']) await grants.upsert(id, { kind: 'Grant' } as AdapterPayload, 60);
+    await linkChildGrant(testDb.db, 'gc', 'gp', soon);
+    await linkChildGrant(testDb.db, 'gg', 'gc', soon);
+    assert.deepEqual(await grantFamily(testDb.db, 'gp'), ['gp', 'gc', 'gg']);
+    assert.deepEqual(await grantFamily(testDb.db, 'gx'), ['gx']);
+    await tokens.upsert('at-p', { kind: 'AccessToken', grantId: 'gp' }, 60);
+    await tokens.upsert('at-c', { kind: 'AccessToken', grantId: 'gc' }, 60);
+    await tokens.upsert('at-g', { kind: 'AccessToken', grantId: 'gg' }, 60);
+    await tokens.upsert('at-x', { kind: 'AccessToken', grantId: 'gx' }, 60);
+
+    // Revoking the child's tokens leaves the parent's alone; the parent's takes the whole line.
+    await tokens.revokeByGrantId('gc');
+    assert.ok(await tokens.find('at-p'));
+    assert.equal(await tokens.find('at-c'), undefined);
+    assert.equal(await tokens.find('at-g'), undefined);
+    await tokens.upsert('at-c2', { kind: 'AccessToken', grantId: 'gc' }, 60);
+    await grants.destroy('gp');
+    for (const id of ['gp', 'gc', 'gg']) assert.equal(await grants.find(id), undefined, `grant ${id} destroyed`);
+    assert.equal(await tokens.find('at-c2'), undefined, 'a derived grant\'s token dies with the parent grant');
+    assert.ok(await tokens.find('at-x'), 'unrelated grants are untouched');
+    assert.ok(await grants.find('gx'));
   });
 
   test('models are separate namespaces', async () => {

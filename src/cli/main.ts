@@ -5,6 +5,7 @@ import { auditExportCommand } from './commands/audit-export.ts';
 import { auditVerifyCommand } from './commands/audit-verify.ts';
 import { careTeamAddCommand, careTeamEndCommand, careTeamListCommand } from './commands/care-team.ts';
 import { clientAddCommand } from './commands/client-add.ts';
+import { exchangePolicyListCommand, exchangePolicyRemoveCommand, exchangePolicySetCommand } from './commands/exchange-policy.ts';
 import { keysRotateCommand } from './commands/keys-rotate.ts';
 import { launchCreateCommand } from './commands/launch-create.ts';
 import { migrateCommand } from './commands/migrate.ts';
@@ -18,6 +19,7 @@ const PROGRAM = 'clinical-authz';
 const COMMANDS: readonly Command[] = [
   migrateCommand, seedCommand, userAddCommand, clientAddCommand, keysRotateCommand, auditVerifyCommand, auditExportCommand,
   patientAddCommand, careTeamAddCommand, careTeamEndCommand, careTeamListCommand, launchCreateCommand, roleSetCommand,
+  exchangePolicySetCommand, exchangePolicyListCommand, exchangePolicyRemoveCommand,
 ];
 
 // Libraries (oidc-provider notices) may write to the console: keep stdout for the JSON result.

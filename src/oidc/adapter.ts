@@ -27,14 +27,40 @@ function serialise(payload: AdapterPayload): string {
 
 const NOT_EXPIRED = '(expires_at IS NULL OR expires_at > now())';
 
+/** How deep a delegation chain of grants may go (exchange policies allow at most 5 actors). */
+export const MAX_GRANT_DEPTH = 8;
+
+/** A grant and every grant derived from it (grant_links), the grant itself first. */
+export async function grantFamily(db: Queryable, grantId: string): Promise<string[]> {
+  const { rows } = await db.query<{ id: string }>(
+    `WITH RECURSIVE family(id, depth) AS (
+       SELECT $1::text, 0
+       UNION
+       SELECT l.child_grant_id, f.depth + 1 FROM grant_links l JOIN family f ON l.parent_grant_id = f.id
+        WHERE f.depth < $2
+     ) SELECT id FROM family ORDER BY depth`,
+    [grantId, MAX_GRANT_DEPTH],
+  );
+  return rows.map((r) => r.id);
+}
+
+/** Records that `childGrantId` was derived from `parentGrantId` (token exchange). */
+export async function linkChildGrant(db: Queryable, childGrantId: string, parentGrantId: string, expiresAt: Date): Promise<void> {
+  await db.query(
+    'INSERT INTO grant_links (child_grant_id, parent_grant_id, expires_at) VALUES ($1, $2, $3)',
+    [childGrantId, parentGrantId, expiresAt],
+  );
+}
+
 /**
  * Deletes every stored artefact of a grant (tokens, codes, the grant itself) in one statement: for a
  * detected replay, where the whole grant is presumed stolen.
  */
 export async function revokeWholeGrant(db: Queryable, grantId: string, audit?: StorageAudit): Promise<number> {
+  const family = await grantFamily(db, grantId);
   const result = await db.query(
-    `DELETE FROM oidc_payloads WHERE grant_id = $1 OR (model = 'Grant' AND id = $1) RETURNING model, payload`,
-    [grantId],
+    `DELETE FROM oidc_payloads WHERE grant_id = ANY($1::text[]) OR (model = 'Grant' AND id = ANY($1::text[])) RETURNING model, payload`,
+    [family],
   );
   // oidc-provider revokes a grant once per model; only the call that removed something is an event.
   if (result.rowCount > 0) await audit?.grantRevoked(db, grantId, result.rows as { model: string; payload: AdapterPayload }[]);
@@ -44,6 +70,7 @@ export async function revokeWholeGrant(db: Queryable, grantId: string, audit?: S
 /** Removes expired rows; returns how many. Called on a timer by every process (cheap, idempotent). */
 export async function sweepExpired(db: Queryable): Promise<number> {
   const result = await db.query('DELETE FROM oidc_payloads WHERE expires_at <= now()');
+  await db.query('DELETE FROM grant_links WHERE expires_at <= now()');
   return result.rowCount;
 }
 
@@ -149,6 +176,10 @@ class PayloadAdapter implements Adapter {
         [this.model, id],
       );
       if (rows[0]) await audit?.destroyed(q, this.model, id, rows[0].payload);
+      // A revoked grant takes every grant derived from it (token exchange) along.
+      if (this.model === 'Grant') {
+        for (const child of (await grantFamily(q, id)).slice(1)) await revokeWholeGrant(q, child, audit);
+      }
     });
   }
 
@@ -157,7 +188,11 @@ class PayloadAdapter implements Adapter {
    * Grant itself separately when its revokeGrantPolicy says so (that destroy is the audited event).
    */
   async revokeByGrantId(grantId: string): Promise<void> {
-    await this.db.query('DELETE FROM oidc_payloads WHERE model = $1 AND grant_id = $2', [this.model, grantId]);
+    // Derived grants (token exchange) lose this model's artefacts too: a child never outlives its parent.
+    await this.db.query(
+      'DELETE FROM oidc_payloads WHERE model = $1 AND grant_id = ANY($2::text[])',
+      [this.model, await grantFamily(this.db, grantId)],
+    );
   }
 }
 

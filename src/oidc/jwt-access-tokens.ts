@@ -65,6 +65,22 @@ export class JwtAccessTokenRegistry {
     return handle;
   }
 
+  /**
+   * The stored record of one of our JWT access tokens, once its signature, issuer, type and expiry are
+   * verified; undefined for anything else (forged, foreign, expired, revoked, not a JWT).
+   */
+  async verifiedRecord(token: string, jwks: JSONWebKeySet, issuer: string): Promise<AdapterPayload | undefined> {
+    try {
+      const { payload: { jti } } = await jwtVerify(token, createLocalJWKSet(jwks), { issuer, typ: 'at+jwt' });
+      const stored = typeof jti === 'string' ? await this.store.find(jti) : undefined;
+      if (stored?.format !== FORMAT) return undefined;
+      const { format: _format, ...record } = stored;
+      return record;
+    } catch {
+      return undefined;
+    }
+  }
+
   release(handle: string): void {
     this.handles.delete(handle);
   }

@@ -2,7 +2,9 @@
 import type { JWK } from 'jose';
 import Provider, { errors, interactionPolicy, type Configuration, type KoaContextWithOIDC } from 'oidc-provider';
 
+import type { AuditLog } from '../audit/log.ts';
 import type { StorageAudit } from '../audit/storage-events.ts';
+import { registerTokenExchange } from '../exchange/grant.ts';
 import type { Config } from '../config.ts';
 import type { Db } from '../db/index.ts';
 import type { Logger } from '../log.ts';
@@ -31,6 +33,8 @@ export interface ProviderDeps {
   storageAudit?: StorageAudit | undefined;
   /** CA bundle for tls_client_auth client certificates (none: no certificate is ever authorized). */
   clientTrust?: TrustAnchors | undefined;
+  /** The audit log (token exchange records every decision). */
+  audit?: AuditLog | undefined;
   /** One per server, shared by every provider build, so a key reload mid-request loses no handle. */
   jwtAccessTokens?: JwtAccessTokenRegistry | undefined;
 }
@@ -217,6 +221,9 @@ export function buildProvider(deps: ProviderDeps): BuiltProvider {
   provider.proxy = config.trustProxy;
   installClientSecretDigests(provider, deps.clientSecretKey);
   provider.use(grantContexts.tokenResponses());
+  registerTokenExchange(provider, {
+    db, issuer: config.issuer, audit: deps.audit, jwtAccessTokens, jwks: deps.jwks, signingAlg: SIGNING_ALG,
+  });
   jwtAccessTokens.install(provider);
 
   provider.on('server_error', (ctx: KoaContextWithOIDC, err: Error) => {

@@ -1,5 +1,5 @@
-// Seed files: users, patients, care teams, role scope ceilings, resource servers and clients in one
-// JSON document, validated with clear errors.
+// Seed files: users, patients, care teams, role scope ceilings, resource servers, clients and token
+// exchange policies in one JSON document, validated with clear errors.
 import fs from 'node:fs/promises';
 
 import type Provider from 'oidc-provider';
@@ -9,6 +9,7 @@ import { NewUserSchema, createUser, findUserByUsername, normaliseUsername } from
 import type { AuditLog } from '../audit/log.ts';
 import type { Db } from '../db/index.ts';
 import { ClientMetadataSchema, ClientRegistrationError, registerClient, usesClientSecret } from '../clients/register.ts';
+import { ExchangePolicyError, ExchangePolicySchema, upsertExchangePolicy } from '../exchange/policies.ts';
 import { ResourceServerSchema, upsertResourceServer } from '../oidc/resource-servers.ts';
 import { addCareTeamMember } from '../smart/care-team.ts';
 import { MAX_DISPLAY_NAME_LENGTH, normalisePatientId, SmartDataError, upsertPatient } from '../smart/patients.ts';
@@ -58,6 +59,7 @@ export const SeedSchema = z.strictObject({
   roles: z.array(RoleSeedSchema).default([]),
   resourceServers: z.array(ResourceServerSchema).default([]),
   clients: z.array(ClientMetadataSchema).default([]),
+  exchangePolicies: z.array(ExchangePolicySchema).default([]),
 });
 export type Seed = z.infer<typeof SeedSchema>;
 
@@ -89,14 +91,18 @@ export interface SeedResult {
   roles?: string[];
   resourceServers: string[];
   clients: string[];
+  /** Token exchange policies created or replaced (only when the seed has exchangePolicies). */
+  exchangePolicies?: number;
 }
 
 /**
  * Applies a seed in one transaction (all or nothing), in the order users, patients, careTeam, roles,
- * resourceServers, clients. Existing users are left as they are; patients' names, roles' scope
- * ceilings, clients and resource servers are replaced; a care-team entry that is already in place
- * (same start, or without validFrom an identical current membership) is not added again. Seed clients
- * that authenticate with a secret must give it: a generated one would be shown to nobody.
+ * resourceServers, clients, exchangePolicies (whose actor, subject clients and audience must exist by
+ * then, in the database or earlier in the seed). Existing users are left as they are; patients' names,
+ * roles' scope ceilings, clients, resource servers and exchange policies are replaced; a care-team entry
+ * that is already in place (same start, or without validFrom an identical current membership) is not
+ * added again. Seed clients that authenticate with a secret must give it: a generated one would be shown
+ * to nobody.
  */
 export async function applySeed(db: Db, provider: Provider, clientSecretKey: string, seed: Seed, audit?: AuditLog): Promise<SeedResult> {
   return db.transaction(async (tx) => {
@@ -154,6 +160,16 @@ export async function applySeed(db: Db, provider: Provider, clientSecretKey: str
         throw err;
       }
     }
+    if (seed.exchangePolicies.length > 0) result.exchangePolicies = 0;
+    for (const [index, policy] of seed.exchangePolicies.entries()) {
+      try {
+        await upsertExchangePolicy(tx, policy, { checkReferences: true });
+        result.exchangePolicies! += 1;
+      } catch (err) {
+        if (err instanceof ExchangePolicyError) throw new SeedError(`exchangePolicies.${index}: ${err.message}`);
+        throw err;
+      }
+    }
     await audit?.record({
       type: 'admin.seed_applied',
       outcome: 'success',
@@ -162,6 +178,9 @@ export async function applySeed(db: Db, provider: Provider, clientSecretKey: str
       details: {
         users_created: result.users.length, resource_servers: result.resourceServers, clients: result.clients,
         patients: result.patients?.length, care_team_added: result.careTeam, roles: result.roles,
+        exchange_policies: result.exchangePolicies,
+        exchange_policy_actors: result.exchangePolicies === undefined ? undefined
+          : [...new Set(seed.exchangePolicies.map((p) => p.actorClientId))],
       },
     }, tx);
     return result;

@@ -1,0 +1,207 @@
+// RFC 8693 token exchange at the token endpoint: an mTLS-authenticated workload (the AI orchestrator)
+// trades a clinician's access token for a narrow, short-lived token for one audience, bound to its own
+// certificate, naming itself in `act`. Facts are gathered here, decided in decision.ts, and the token
+// is minted in a child grant of the clinician's, so revoking the clinician's grant revokes it too.
+import type { JWK } from 'jose';
+import type Provider from 'oidc-provider';
+import { errors, type AdapterPayload, type KoaContextWithOIDC } from 'oidc-provider';
+
+import { findUserById } from '../accounts/users.ts';
+import type { AuditLog } from '../audit/log.ts';
+import type { Db } from '../db/index.ts';
+import { linkChildGrant } from '../oidc/adapter.ts';
+import type { JwtAccessTokenRegistry } from '../oidc/jwt-access-tokens.ts';
+import { usableCertificate } from '../oidc/mtls.ts';
+import { findResourceServer } from '../oidc/resource-servers.ts';
+import {
+  decideExchange, TOKEN_EXCHANGE_GRANT, TOKEN_TYPE_ACCESS_TOKEN, type ActClaim, type ExchangeDecision, type SubjectTokenFacts,
+} from './decision.ts';
+import { actorMayActFor, findExchangePolicy, listExchangePolicies } from './policies.ts';
+
+export const EXCHANGE_PARAMETERS = [
+  'subject_token', 'subject_token_type', 'actor_token', 'actor_token_type', 'requested_token_type', 'resource', 'audience', 'scope',
+] as const;
+
+export interface TokenExchangeDeps {
+  db: Db;
+  issuer: string;
+  audit: AuditLog | undefined;
+  jwtAccessTokens: JwtAccessTokenRegistry;
+  /** The provider's signing keys (private parts are dropped before use). */
+  jwks: { keys: JWK[] };
+  signingAlg: string;
+}
+
+type Record_ = AdapterPayload & { extra?: Record<string, unknown> };
+
+const ERRORS = {
+  invalid_request: errors.InvalidRequest,
+  invalid_grant: errors.InvalidGrant,
+  invalid_target: errors.InvalidTarget,
+  unauthorized_client: errors.UnauthorizedClient,
+} as const;
+
+function publicKeys(jwks: { keys: JWK[] }): { keys: JWK[] } {
+  return { keys: jwks.keys.map(({ d: _d, p: _p, q: _q, dp: _dp, dq: _dq, qi: _qi, ...pub }) => pub) };
+}
+
+function values(param: unknown): string[] {
+  if (param === undefined) return [];
+  return (Array.isArray(param) ? param : [param]).filter((v): v is string => typeof v === 'string' && v !== '');
+}
+
+function asAct(value: unknown): ActClaim | undefined {
+  if (!value || typeof value !== 'object') return undefined;
+  const { sub, act } = value as { sub?: unknown; act?: unknown };
+  if (typeof sub !== 'string') return undefined;
+  const nested = asAct(act);
+  return nested ? { sub, act: nested } : { sub };
+}
+
+/** RFC 8693 §4.4 `may_act`: the parties allowed to act for the token (by `sub` or `client_id`). */
+function mayActOf(value: unknown): string[] | undefined {
+  if (!value || typeof value !== 'object') return undefined;
+  const { sub, client_id: clientId } = value as { sub?: unknown; client_id?: unknown };
+  return [sub, clientId].filter((v): v is string => typeof v === 'string');
+}
+
+export function registerTokenExchange(provider: Provider, deps: TokenExchangeDeps): void {
+  const jwks = publicKeys(deps.jwks);
+
+  /** One of our access tokens, JWT (verified, then its record) or opaque, if it is still alive. */
+  async function findOurToken(value: string): Promise<{ record: Record_; ref: string } | undefined> {
+    if (value.split('.').length === 3) {
+      const record = await deps.jwtAccessTokens.verifiedRecord(value, jwks as never, deps.issuer);
+      return record ? { record: record as Record_, ref: String(record.jti) } : undefined;
+    }
+    const token = await provider.AccessToken.find(value);
+    if (!token || token.isExpired) return undefined;
+    return { record: token as unknown as Record_, ref: deps.audit?.pseudonym('token', value) ?? 'opaque' };
+  }
+
+  async function subjectFacts(value: string): Promise<{ facts: SubjectTokenFacts; record?: Record_; ref?: string }> {
+    const found = value ? await findOurToken(value) : undefined;
+    const inactive = { facts: { active: false, clientId: '', accountId: undefined, scope: '', expiresAt: 0 } };
+    if (!found) return inactive;
+    const { record } = found;
+    // A clinician's token: client-credentials tokens have no user to act for.
+    const grant = typeof record.grantId === 'string' ? await provider.Grant.find(record.grantId) : undefined;
+    if (!grant || !record.accountId) return inactive;
+    const extra = record.extra ?? {};
+    return {
+      record,
+      ref: found.ref,
+      facts: {
+        active: true,
+        clientId: String(record.clientId),
+        accountId: String(record.accountId),
+        scope: typeof record.scope === 'string' ? record.scope : '',
+        patient: typeof extra.patient === 'string' ? extra.patient : undefined,
+        expiresAt: Number(record.exp),
+        act: asAct(extra.act),
+        mayAct: mayActOf(extra.may_act),
+        breakGlass: extra.break_glass === true,
+      },
+    };
+  }
+
+  async function handler(ctx: KoaContextWithOIDC): Promise<void> {
+    const params = ctx.oidc.params as Record<string, unknown>;
+    const client = ctx.oidc.client!;
+    const targets = [...values(params.resource), ...values(params.audience)];
+    const subject = await subjectFacts(typeof params.subject_token === 'string' ? params.subject_token : '');
+    const actorToken = typeof params.actor_token === 'string' && params.actor_token
+      ? await findOurToken(params.actor_token)
+      : undefined;
+    const audience = new Set(targets).size === 1 ? targets[0] : undefined;
+    const policy = audience ? await findExchangePolicy(deps.db, client.clientId, audience) : undefined;
+    const user = subject.facts.accountId ? await findUserById(deps.db, subject.facts.accountId) : undefined;
+    const resourceServer = audience ? await findResourceServer(deps.db, audience) : undefined;
+
+    const decision: ExchangeDecision = decideExchange({
+      request: {
+        subjectTokenType: params.subject_token_type as string | undefined,
+        requestedTokenType: params.requested_token_type as string | undefined,
+        actorToken: typeof params.actor_token === 'string' && params.actor_token
+          ? { type: params.actor_token_type as string | undefined, clientId: actorToken?.record.clientId as string | undefined }
+          : undefined,
+        targets,
+        scope: params.scope as string | undefined,
+      },
+      actor: { clientId: client.clientId, authMethod: client.clientAuthMethod ?? '' },
+      subject: subject.facts.active && (!user || user.disabled) ? { ...subject.facts, active: false } : subject.facts,
+      policy: policy && {
+        scope: policy.scope,
+        maxTtlSeconds: policy.maxTtlSeconds,
+        maxDepth: policy.maxDepth,
+        allowBreakGlass: policy.allowBreakGlass,
+        actorMayActForSubject: actorMayActFor(policy, { clientId: subject.facts.clientId, roles: user?.roles ?? [] }),
+      },
+      actorHasAnyPolicy: policy !== undefined || (await listExchangePolicies(deps.db, client.clientId)).length > 0,
+      audienceScope: resourceServer?.scope,
+      now: Math.floor(Date.now() / 1000),
+    });
+
+    const cert = usableCertificate(ctx.req);
+    const event = {
+      actor: { clientId: client.clientId, userId: subject.facts.accountId, certThumbprint: cert?.thumbprint },
+      target: { audience, patientId: subject.facts.patient },
+      details: {
+        subject_token: subject.ref,
+        subject_client: subject.facts.active ? subject.facts.clientId : undefined,
+        scope_requested: typeof params.scope === 'string' ? params.scope : undefined,
+      },
+    };
+    if (!decision.ok) {
+      await deps.audit?.record({ type: 'exchange.refused', outcome: 'denied', severity: 'warning', rule: decision.rule, ...event });
+      if (decision.error === 'invalid_scope') throw new errors.InvalidScope(decision.description, String(params.scope ?? ''));
+      throw new ERRORS[decision.error](decision.description);
+    }
+    // The binding: an exchanged token is only ever usable with the actor's certificate.
+    if (!cert) throw new errors.InvalidGrant('mutual TLS client certificate not provided');
+    await deps.audit?.record({
+      type: 'exchange.allowed', outcome: 'success', rule: decision.rule, ...event,
+      details: { ...event.details, scope_granted: decision.scope, lifetime: decision.lifetimeSeconds, depth: decision.depth },
+    });
+
+    const { record } = subject;
+    const extra = record?.extra ?? {};
+    const child = new provider.Grant({ accountId: subject.facts.accountId!, clientId: client.clientId });
+    child.addResourceScope(decision.audience, decision.scope);
+    const childId = await child.save();
+    await linkChildGrant(deps.db, childId, String(record!.grantId), new Date((Math.floor(Date.now() / 1000) + decision.lifetimeSeconds) * 1000));
+
+    const token = new provider.AccessToken({
+      accountId: subject.facts.accountId!,
+      client,
+      grantId: childId,
+      gty: 'token_exchange',
+      scope: decision.scope,
+      extra: {
+        act: decision.act,
+        ...(subject.facts.patient ? { patient: subject.facts.patient } : {}),
+        ...Object.fromEntries(['fhirUser', 'acr', 'amr', 'auth_time'].filter((k) => extra[k] !== undefined).map((k) => [k, extra[k]])),
+      },
+    });
+    token.resourceServer = new provider.ResourceServer(decision.audience, {
+      scope: decision.scope,
+      audience: decision.audience,
+      accessTokenFormat: 'jwt',
+      accessTokenTTL: decision.lifetimeSeconds,
+      jwt: { sign: { alg: deps.signingAlg } },
+    } as never);
+    token.setThumbprint('x5t', cert.leaf);
+    ctx.oidc.entity('AccessToken', token);
+    const value = await token.save();
+
+    ctx.body = {
+      access_token: value,
+      issued_token_type: TOKEN_TYPE_ACCESS_TOKEN,
+      token_type: 'Bearer',
+      expires_in: token.expiration,
+      scope: decision.scope,
+    };
+  }
+
+  provider.registerGrantType(TOKEN_EXCHANGE_GRANT, handler, EXCHANGE_PARAMETERS, ['resource', 'audience']);
+}

@@ -1,0 +1,291 @@
+// RFC 8693 token exchange end to end over real TLS: the chatbot flow of DESIGN.md §2 (clinician app →
+// orchestrator → example FHIR server), then the refusal matrix, each row with its exact error.
+import assert from 'node:assert/strict';
+import { after, before, describe, test } from 'node:test';
+
+import * as jose from 'jose';
+import * as oidc from 'openid-client';
+import { Agent, fetch as undiciFetch } from 'undici';
+
+import { startExampleFhirServer, type RunningExampleFhirServer } from '../examples/fhir-server/server.ts';
+import { TOKEN_EXCHANGE_GRANT, TOKEN_TYPE_ACCESS_TOKEN } from '../src/exchange/decision.ts';
+import { x5tS256 } from '../src/mtls/index.ts';
+import { applySeed, SeedSchema } from '../src/seed/seed.ts';
+import { Browser } from './support/login-flow.ts';
+import { derBase64, devCa, issueClientCertificate, type KeyPairPem } from './support/pki.ts';
+import { relyingParty } from './support/relying-party.ts';
+import {
+  APP, basicAuth, CARE_TEAM_PATIENTS, CLINICIAN, FHIR, SERVICE, startTestServer, TOOLS, type TestServer,
+} from './support/test-server.ts';
+
+const ORCHESTRATOR = 'orchestrator';
+const LAB_TOOL = 'lab-tool';
+const IDLE_AGENT = 'idle-agent';
+const SECRET_AGENT = { client_id: 'secret-agent', client_secret: 'secret-agent-secret-0123456789-0123456789' };
+const LABS = 'patient/Observation.rs?category=laboratory';
+
+const thumbprint = (certPem: string) => x5tS256(Buffer.from(derBase64(certPem), 'base64'));
+
+describe('token exchange (RFC 8693)', () => {
+  let ts: TestServer;
+  let fhir: RunningExampleFhirServer;
+  let orchestrator: KeyPairPem;
+  let labTool: KeyPairPem;
+  let idleAgent: KeyPairPem;
+  let app: oidc.Configuration;
+  const agents: Agent[] = [];
+
+  function agent(cert?: KeyPairPem | 'app'): Agent {
+    const material = cert === 'app' ? { cert: ts.clientCert.certPem, key: ts.clientCert.keyPem } : cert ? { cert: cert.certPem, key: cert.keyPem } : {};
+    const a = new Agent({ connect: { ca: ts.caPem, ...material } });
+    agents.push(a);
+    return a;
+  }
+
+  async function post(url: string, params: Record<string, string | string[]>, cert?: KeyPairPem, headers: Record<string, string> = {}) {
+    const body = new URLSearchParams();
+    for (const [k, v] of Object.entries(params)) for (const one of [v].flat()) body.append(k, one);
+    const res = await undiciFetch(url, {
+      method: 'POST', body: body.toString(), dispatcher: agent(cert),
+      headers: { 'content-type': 'application/x-www-form-urlencoded', ...headers },
+    });
+    const text = await res.text();
+    return { status: res.status, body: (text ? JSON.parse(text) : {}) as Record<string, unknown> };
+  }
+
+  function exchange(subjectToken: string, params: Record<string, string | string[] | undefined> = {}, cert: KeyPairPem = orchestrator, clientId = ORCHESTRATOR) {
+    const form: Record<string, string | string[]> = {
+      grant_type: TOKEN_EXCHANGE_GRANT,
+      client_id: clientId,
+      subject_token: subjectToken,
+      subject_token_type: TOKEN_TYPE_ACCESS_TOKEN,
+      resource: FHIR,
+      scope: LABS,
+    };
+    for (const [k, v] of Object.entries(params)) {
+      if (v === undefined) delete form[k];
+      else form[k] = v;
+    }
+    return post(ts.endpoint('/token'), form, cert);
+  }
+
+  /** The clinician signs in through the app (code + PKCE), token bound to the app's certificate. */
+  async function clinicianTokens(extraScope = '') {
+    const verifier = oidc.randomPKCECodeVerifier();
+    const state = oidc.randomState();
+    const url = oidc.buildAuthorizationUrl(app, {
+      redirect_uri: APP.redirect_uri, scope: `openid fhirUser launch/patient patient/Observation.rs${extraScope}`, aud: FHIR, state,
+      code_challenge: await oidc.calculatePKCECodeChallenge(verifier), code_challenge_method: 'S256', prompt: 'consent',
+    });
+    const callback = await new Browser(ts).authorize(url, CLINICIAN.username, CLINICIAN.password, { patient: CARE_TEAM_PATIENTS[0]!.id });
+    return oidc.authorizationCodeGrant(app, callback, { pkceCodeVerifier: verifier, expectedState: state });
+  }
+
+  async function refused(res: { status: number; body: Record<string, unknown> }, status: number, error: string, rule: string) {
+    assert.equal(res.status, status, JSON.stringify(res.body));
+    assert.equal(res.body.error, error);
+    assert.equal(res.body.access_token, undefined);
+    const { rows } = await ts.testDb.db.query<{ rule: string }>(
+      "SELECT rule FROM audit_events WHERE type = 'exchange.refused' ORDER BY seq DESC LIMIT 1",
+    );
+    assert.equal(rows[0]?.rule, rule);
+  }
+
+  before(async () => {
+    ts = await startTestServer();
+    const ca = await devCa(ts.keysDir);
+    orchestrator = await issueClientCertificate(ca, ORCHESTRATOR);
+    labTool = await issueClientCertificate(ca, LAB_TOOL);
+    idleAgent = await issueClientCertificate(ca, IDLE_AGENT);
+    const workload = (id: string) => ({
+      client_id: id, token_endpoint_auth_method: 'tls_client_auth', tls_client_auth_subject_dn: `CN=${id}`,
+      grant_types: [TOKEN_EXCHANGE_GRANT], response_types: [], redirect_uris: [],
+    });
+    await applySeed(ts.testDb.db, ts.server.provider(), ts.server.secrets.clientSecretKey, SeedSchema.parse({
+      clients: [
+        workload(ORCHESTRATOR), workload(LAB_TOOL), workload(IDLE_AGENT),
+        { ...SECRET_AGENT, grant_types: [TOKEN_EXCHANGE_GRANT], response_types: [], redirect_uris: [] },
+      ],
+      exchangePolicies: [
+        { actor: ORCHESTRATOR, audience: FHIR, subjectClients: [APP.client_id], scope: 'patient/Observation.rs', maxDepth: 2 },
+        { actor: LAB_TOOL, audience: FHIR, subjectClients: [ORCHESTRATOR], scope: 'patient/Observation.rs', maxDepth: 1 },
+        { actor: SECRET_AGENT.client_id, audience: FHIR, subjectClients: [APP.client_id], scope: 'patient/Observation.rs' },
+      ],
+    }));
+    app = await relyingParty(ts);
+    const tls = { certPem: ts.server.tls.certPem, keyPem: ts.server.tls.keyPem, caPem: ts.server.tls.clientCaPem };
+    fhir = await startExampleFhirServer({
+      issuer: ts.issuer, audience: FHIR, tls,
+      fetch: (url, init) => undiciFetch(url, { ...init, dispatcher: ts.dispatcher } as never),
+    });
+  });
+  after(async () => {
+    await Promise.all(agents.map((a) => a.close()));
+    await fhir?.stop();
+    await ts?.stop();
+  });
+
+  test('the chatbot flow: narrow, bound to the orchestrator, act names it; FHIR reads labs only; revoking the clinician\'s grant ends it', async () => {
+    const clinician = await clinicianTokens(' offline_access');
+    const res = await exchange(clinician.access_token);
+    assert.equal(res.status, 200, JSON.stringify(res.body));
+    assert.equal(res.body.issued_token_type, TOKEN_TYPE_ACCESS_TOKEN);
+    assert.equal(res.body.token_type, 'Bearer');
+    assert.equal(res.body.refresh_token, undefined);
+    assert.equal(res.body.scope, LABS);
+    const token = String(res.body.access_token);
+    assert.equal(jose.decodeProtectedHeader(token).typ, 'at+jwt');
+    const claims = jose.decodeJwt(token);
+    const subject = jose.decodeJwt(clinician.access_token);
+    assert.equal(claims.sub, subject.sub, 'sub is the clinician');
+    assert.equal(claims.client_id, ORCHESTRATOR);
+    assert.equal(claims.aud, FHIR);
+    assert.equal(claims.scope, LABS);
+    assert.equal(claims.patient, CARE_TEAM_PATIENTS[0]!.id);
+    assert.equal(claims.fhirUser, CLINICIAN.fhirUser);
+    assert.equal(claims.acr, subject.acr);
+    assert.deepEqual(claims.amr, subject.amr);
+    assert.deepEqual(claims.act, { sub: ORCHESTRATOR });
+    assert.deepEqual(claims.cnf, { 'x5t#S256': thumbprint(orchestrator.certPem) });
+    assert.ok(claims.jti);
+    assert.ok(claims.exp! - claims.iat! <= 300 && claims.exp! <= subject.exp!, 'no longer than policy and subject');
+
+    const introspect = () => post(ts.endpoint('/token/introspection'), { token, client_id: ORCHESTRATOR }, orchestrator);
+    const active = await introspect();
+    assert.equal(active.body.active, true, JSON.stringify(active.body));
+    assert.deepEqual(active.body.act, { sub: ORCHESTRATOR });
+    assert.deepEqual(active.body.cnf, { 'x5t#S256': thumbprint(orchestrator.certPem) });
+    assert.equal(active.body.patient, CARE_TEAM_PATIENTS[0]!.id);
+    assert.equal(active.body.scope, LABS);
+
+    const read = async (path: string, cert: KeyPairPem | 'app') => {
+      const r = await undiciFetch(`${fhir.url}${path}`, { headers: { authorization: `Bearer ${token}` }, dispatcher: agent(cert) });
+      return { status: r.status, challenge: r.headers.get('www-authenticate'), body: await r.json() as Record<string, unknown> };
+    };
+    const labs = await read('/Observation?patient=p1&category=laboratory', orchestrator);
+    assert.equal(labs.status, 200, JSON.stringify(labs.body));
+    assert.ok((labs.body.total as number) >= 1);
+    assert.equal((await read('/Observation?patient=p1&category=laboratory', 'app')).status, 401, 'the app\'s certificate does not fit');
+    const meds = await read('/MedicationRequest?patient=p1', orchestrator);
+    assert.equal(meds.status, 403);
+    assert.match(meds.challenge ?? '', /error="insufficient_scope"/);
+
+    const { rows } = await ts.testDb.db.query<{ rule: string; actor_client: string; details: Record<string, unknown> }>(
+      "SELECT rule, actor_client, details FROM audit_events WHERE type = 'exchange.allowed' ORDER BY seq DESC LIMIT 1",
+    );
+    assert.equal(rows[0]?.rule, 'exchange_policy');
+    assert.equal(rows[0]?.actor_client, ORCHESTRATOR);
+    assert.equal(rows[0]?.details.scope_granted, LABS);
+    assert.ok(!JSON.stringify(rows[0]).includes(clinician.access_token.slice(-20)), 'no token value in the audit');
+
+    // The clinician's grant goes (refresh token revoked): the exchanged token is inactive, no new exchange.
+    await oidc.tokenRevocation(app, clinician.refresh_token!);
+    assert.deepEqual(await introspect().then((r) => r.body), { active: false });
+    await refused(await exchange(clinician.access_token), 400, 'invalid_grant', 'subject_token_inactive');
+  });
+
+  test('two server processes on one database: exchange on one, revocation on the other, inactive on the first', async () => {
+    const second = await startTestServer({
+      testDb: ts.testDb, keysDir: ts.keysDir, seed: null, env: { ISSUER: ts.issuer, MTLS_BASE_URL: ts.mtlsBaseUrl },
+    });
+    try {
+      const clinician = await clinicianTokens(' offline_access');
+      const res = await exchange(clinician.access_token);
+      assert.equal(res.status, 200, JSON.stringify(res.body));
+      const secondMtls = `https://localhost:${second.server.mtlsPort}`;
+      const revoked = await post(`${secondMtls}/token/revocation`, { token: clinician.refresh_token!, token_type_hint: 'refresh_token' }, undefined,
+        { authorization: basicAuth(APP.client_id, APP.client_secret) });
+      assert.equal(revoked.status, 200, JSON.stringify(revoked.body));
+      const introspected = await post(ts.endpoint('/token/introspection'), { token: String(res.body.access_token), client_id: ORCHESTRATOR }, orchestrator);
+      assert.deepEqual(introspected.body, { active: false });
+    } finally {
+      await second.stop();
+    }
+  });
+
+  describe('refusals', () => {
+    let subject: string;
+    before(async () => {
+      subject = (await clinicianTokens()).access_token;
+    });
+
+    test('scope wider than the subject\'s → invalid_scope', async () => {
+      await refused(await exchange(subject, { scope: 'patient/Patient.rs' }), 400, 'invalid_scope', 'subject_scope');
+    });
+    test('scope outside the actor\'s ceiling → invalid_scope', async () => {
+      const wide = (await clinicianTokens(' patient/Patient.rs')).access_token;
+      assert.match(String(jose.decodeJwt(wide).scope), /patient\/Patient\.rs/);
+      await refused(await exchange(wide, { scope: 'patient/Patient.rs' }), 400, 'invalid_scope', 'actor_ceiling');
+    });
+    test('audience not allowed for the actor → invalid_target', async () => {
+      await refused(await exchange(subject, { resource: TOOLS }), 400, 'invalid_target', 'audience_not_allowed');
+    });
+    test('two audiences → invalid_target', async () => {
+      await refused(await exchange(subject, { resource: [FHIR, TOOLS] }), 400, 'invalid_target', 'single_audience');
+    });
+    test('missing scope → invalid_request', async () => {
+      await refused(await exchange(subject, { scope: undefined }), 400, 'invalid_request', 'scope_required');
+    });
+    test('unknown requested_token_type → invalid_request', async () => {
+      await refused(await exchange(subject, { requested_token_type: 'urn:ietf:params:oauth:token-type:refresh_token' }), 400, 'invalid_request', 'requested_token_type');
+    });
+    test('wrong subject_token_type → invalid_request', async () => {
+      await refused(await exchange(subject, { subject_token_type: 'urn:ietf:params:oauth:token-type:id_token' }), 400, 'invalid_request', 'subject_token_type');
+    });
+    test('malformed subject token → invalid_grant', async () => {
+      await refused(await exchange('not-a-token'), 400, 'invalid_grant', 'subject_token_inactive');
+    });
+    test('foreign-issuer JWT (right shape, our claims, another key) → invalid_grant', async () => {
+      const key = await jose.generateKeyPair('ES256');
+      const forged = await new jose.SignJWT({ ...jose.decodeJwt(subject) })
+        .setProtectedHeader({ alg: 'ES256', typ: 'at+jwt', kid: jose.decodeProtectedHeader(subject).kid! })
+        .sign(key.privateKey);
+      await refused(await exchange(forged), 400, 'invalid_grant', 'subject_token_inactive');
+    });
+    test('a client-credentials token as subject (no clinician) → invalid_grant', async () => {
+      const cc = await post(ts.endpoint('/token'), { grant_type: 'client_credentials', resource: FHIR, scope: 'system/Patient.rs' }, undefined,
+        { authorization: basicAuth(SERVICE.client_id, SERVICE.client_secret) });
+      const serviceToken = await ts.fetch(ts.endpoint('/token'), {
+        method: 'POST',
+        body: new URLSearchParams({ grant_type: 'client_credentials', resource: FHIR, scope: 'system/Patient.rs' }).toString(),
+        headers: { 'content-type': 'application/x-www-form-urlencoded', authorization: basicAuth(SERVICE.client_id, SERVICE.client_secret) },
+      }).then((r) => r.json() as Promise<{ access_token: string }>);
+      assert.equal(cc.status, 400, 'no certificate: no token (bound by default)');
+      await refused(await exchange(serviceToken.access_token), 400, 'invalid_grant', 'subject_token_inactive');
+    });
+    test('revoked subject token → invalid_grant', async () => {
+      const revoked = (await clinicianTokens()).access_token;
+      await oidc.tokenRevocation(app, revoked);
+      await refused(await exchange(revoked), 400, 'invalid_grant', 'subject_token_inactive');
+    });
+    test('actor without a policy → unauthorized_client', async () => {
+      await refused(await exchange(subject, {}, idleAgent, IDLE_AGENT), 400, 'unauthorized_client', 'no_exchange_policy');
+    });
+    test('actor authenticated without mTLS (client secret) → unauthorized_client', async () => {
+      const res = await post(ts.endpoint('/token'), {
+        grant_type: TOKEN_EXCHANGE_GRANT, subject_token: subject, subject_token_type: TOKEN_TYPE_ACCESS_TOKEN, resource: FHIR, scope: LABS,
+      }, orchestrator, { authorization: basicAuth(SECRET_AGENT.client_id, SECRET_AGENT.client_secret) });
+      await refused(res, 400, 'unauthorized_client', 'actor_mtls');
+    });
+    test('actor not permitted for this subject\'s client → invalid_grant', async () => {
+      await refused(await exchange(subject, {}, labTool, LAB_TOOL), 400, 'invalid_grant', 'actor_not_permitted_for_subject');
+    });
+
+    describe('chains', () => {
+      let exchanged: string;
+      before(async () => {
+        const res = await exchange(subject, { scope: LABS });
+        assert.equal(res.status, 200, JSON.stringify(res.body));
+        exchanged = String(res.body.access_token);
+      });
+
+      test('the exchanged token used again by the same actor (wider scope or longer life) → invalid_grant', async () => {
+        await refused(await exchange(exchanged, { scope: 'patient/Observation.rs' }), 400, 'invalid_grant', 'actor_repeated');
+        await refused(await exchange(exchanged, { scope: LABS }), 400, 'invalid_grant', 'actor_repeated');
+      });
+      test('a chain deeper than the next actor\'s policy allows → invalid_grant', async () => {
+        await refused(await exchange(exchanged, {}, labTool, LAB_TOOL), 400, 'invalid_grant', 'delegation_depth');
+      });
+    });
+  });
+});
