@@ -71,6 +71,13 @@ describe('token exchange decision', () => {
     assert.equal(longLived.ok && longLived.lifetimeSeconds, 300);
   });
 
+  test('step-up rules: met by the subject\'s acr, or not overlapping the request', () => {
+    const rules = [{ scope: 'patient/MedicationRequest.rs', acrValues: ['urn:clinical-authz:acr:mfa'] }];
+    assert.ok(decideExchange({ ...input(), stepUpRules: rules }).ok, 'labs do not overlap medication requests');
+    const labRule = [{ scope: 'patient/Observation.rs', acrValues: ['urn:clinical-authz:acr:mfa'] }];
+    assert.ok(decideExchange({ ...input({ subject: { acr: 'urn:clinical-authz:acr:mfa' } }), stepUpRules: labRule }).ok);
+  });
+
   test('a chain nests act (RFC 8693 §4.1) and counts depth', () => {
     const d = decideExchange(input({ actor: { clientId: 'lab-tool' }, subject: { clientId: 'orchestrator', act: { sub: 'orchestrator' } } }));
     assert.ok(d.ok);
@@ -106,6 +113,10 @@ describe('token exchange decision', () => {
     ['scope outside the actor\'s ceiling', input({ request: { scope: 'patient/Patient.rs' } }), 'invalid_scope', 'actor_ceiling'],
     ['scope outside the audience', input({ audienceScope: 'user/*.rs' }), 'invalid_scope', 'audience_ceiling'],
     ['patient scope without a patient', input({ subject: { patient: undefined } }), 'invalid_scope', 'patient_context'],
+    ['step-up rule not met (password sign-in, labs need MFA)', { ...input({ subject: { acr: 'urn:clinical-authz:acr:pwd' } }),
+      stepUpRules: [{ scope: 'patient/Observation.r', acrValues: ['urn:clinical-authz:acr:mfa'] }] }, 'invalid_grant', 'step_up_required'],
+    ['step-up rule, wider request overlapping it', { ...input({ request: { scope: 'patient/*.s' }, subject: { scope: 'patient/*.rs' }, policy: { scope: 'patient/*.rs' } }),
+      stepUpRules: [{ scope: 'patient/Observation.rs?category=laboratory', acrValues: ['urn:clinical-authz:acr:mfa'] }] }, 'invalid_grant', 'step_up_required'],
   ];
   for (const [name, i, error, rule] of matrix) {
     test(`refused: ${name} → ${error} (${rule})`, () => {

@@ -9,6 +9,7 @@ import { Agent, fetch as undiciFetch } from 'undici';
 
 import { startExampleFhirServer, type RunningExampleFhirServer } from '../examples/fhir-server/server.ts';
 import { TOKEN_EXCHANGE_GRANT, TOKEN_TYPE_ACCESS_TOKEN } from '../src/exchange/decision.ts';
+import { setStepUpRule } from '../src/mfa/step-up-rules.ts';
 import { x5tS256 } from '../src/mtls/index.ts';
 import { applySeed, SeedSchema } from '../src/seed/seed.ts';
 import { Browser } from './support/login-flow.ts';
@@ -267,6 +268,16 @@ describe('token exchange (RFC 8693)', () => {
       }, orchestrator, { authorization: basicAuth(SECRET_AGENT.client_id, SECRET_AGENT.client_secret) });
       await refused(res, 400, 'unauthorized_client', 'actor_mtls');
     });
+    test('step-up: labs need a stronger sign-in than the clinician\'s password → invalid_grant', async () => {
+      await setStepUpRule(ts.testDb.db, { scope: 'patient/Observation.r', acrValues: ['urn:clinical-authz:acr:mfa'] });
+      try {
+        await refused(await exchange(subject), 400, 'invalid_grant', 'step_up_required');
+      } finally {
+        await ts.testDb.db.query('DELETE FROM step_up_rules');
+      }
+      assert.equal((await exchange(subject)).status, 200, 'without the rule the same exchange is allowed');
+    });
+
     test('actor not permitted for this subject\'s client → invalid_grant', async () => {
       await refused(await exchange(subject, {}, labTool, LAB_TOOL), 400, 'invalid_grant', 'actor_not_permitted_for_subject');
     });

@@ -1,6 +1,7 @@
 // The RFC 8693 exchange decision (DESIGN.md §2 step 6, §6), pure: given what is known about the request,
 // the subject token, the actor and the policy, either the narrowed token to mint or the refusal, with
 // the RFC error and the name of the rule that decided. The grant handler gathers the facts and mints.
+import { unmetStepUp, type StepUpRule } from '../mfa/step-up-rules.ts';
 import { covers, parseScopeList, type ParsedScope, type ResourceScope } from '../smart/scopes.ts';
 
 export const TOKEN_TYPE_ACCESS_TOKEN = 'urn:ietf:params:oauth:token-type:access_token';
@@ -33,6 +34,8 @@ export interface SubjectTokenFacts {
   accountId: string | undefined;
   scope: string;
   patient?: string | undefined;
+  /** The authentication context class the clinician signed in with. */
+  acr?: string | undefined;
   expiresAt: number;
   act?: ActClaim | undefined;
   /** RFC 8693 §4.4: the parties the subject token allows to act for it (client ids). */
@@ -59,6 +62,8 @@ export interface ExchangeDecisionInput {
   actorHasAnyPolicy: boolean;
   /** The scopes the target resource server accepts; undefined when the target is not a known resource server. */
   audienceScope: string | undefined;
+  /** Scopes that need a stronger sign-in (step-up rules); none when omitted. */
+  stepUpRules?: readonly StepUpRule[] | undefined;
   /** Seconds since the epoch. */
   now: number;
 }
@@ -154,6 +159,12 @@ export function decideExchange(input: ExchangeDecisionInput): ExchangeDecision {
     if (scope.context === 'patient' && !subject.patient) {
       return refuse('invalid_scope', 'patient_context', `patient scopes need a patient in context: ${scope.text}`);
     }
+  }
+
+  // Why it is allowed includes how strongly the clinician proved who they are.
+  const unmet = unmetStepUp(input.stepUpRules ?? [], requested, subject.acr);
+  if (unmet) {
+    return refuse('invalid_grant', 'step_up_required', `these scopes need a stronger sign-in (acr ${unmet.acrValues.join(' or ')})`);
   }
 
   return {

@@ -12,6 +12,7 @@ import type { Db } from '../db/index.ts';
 import { linkChildGrant } from '../oidc/adapter.ts';
 import type { JwtAccessTokenRegistry } from '../oidc/jwt-access-tokens.ts';
 import { usableCertificate } from '../oidc/mtls.ts';
+import { listStepUpRules } from '../mfa/step-up-rules.ts';
 import { findResourceServer } from '../oidc/resource-servers.ts';
 import {
   decideExchange, TOKEN_EXCHANGE_GRANT, TOKEN_TYPE_ACCESS_TOKEN, type ActClaim, type ExchangeDecision, type SubjectTokenFacts,
@@ -97,6 +98,7 @@ export function registerTokenExchange(provider: Provider, deps: TokenExchangeDep
         accountId: String(record.accountId),
         scope: typeof record.scope === 'string' ? record.scope : '',
         patient: typeof extra.patient === 'string' ? extra.patient : undefined,
+        acr: typeof extra.acr === 'string' ? extra.acr : undefined,
         expiresAt: Number(record.exp),
         act: asAct(extra.act),
         mayAct: mayActOf(extra.may_act),
@@ -139,6 +141,7 @@ export function registerTokenExchange(provider: Provider, deps: TokenExchangeDep
       },
       actorHasAnyPolicy: policy !== undefined || (await listExchangePolicies(deps.db, client.clientId)).length > 0,
       audienceScope: resourceServer?.scope,
+      stepUpRules: await listStepUpRules(deps.db),
       now: Math.floor(Date.now() / 1000),
     });
 

@@ -10,6 +10,7 @@ import type { AuditLog } from '../audit/log.ts';
 import type { Db } from '../db/index.ts';
 import { ClientMetadataSchema, ClientRegistrationError, registerClient, usesClientSecret } from '../clients/register.ts';
 import { ExchangePolicyError, ExchangePolicySchema, upsertExchangePolicy } from '../exchange/policies.ts';
+import { setStepUpRule, StepUpRuleError, StepUpRuleSchema } from '../mfa/step-up-rules.ts';
 import { ResourceServerSchema, upsertResourceServer } from '../oidc/resource-servers.ts';
 import { addCareTeamMember } from '../smart/care-team.ts';
 import { MAX_DISPLAY_NAME_LENGTH, normalisePatientId, SmartDataError, upsertPatient } from '../smart/patients.ts';
@@ -60,6 +61,7 @@ export const SeedSchema = z.strictObject({
   resourceServers: z.array(ResourceServerSchema).default([]),
   clients: z.array(ClientMetadataSchema).default([]),
   exchangePolicies: z.array(ExchangePolicySchema).default([]),
+  stepUpRules: z.array(StepUpRuleSchema).default([]),
 });
 export type Seed = z.infer<typeof SeedSchema>;
 
@@ -93,6 +95,8 @@ export interface SeedResult {
   clients: string[];
   /** Token exchange policies created or replaced (only when the seed has exchangePolicies). */
   exchangePolicies?: number;
+  /** Step-up rules (scopes) set (only when the seed has stepUpRules). */
+  stepUpRules?: string[];
 }
 
 /**
@@ -170,6 +174,16 @@ export async function applySeed(db: Db, provider: Provider, clientSecretKey: str
         throw err;
       }
     }
+    if (seed.stepUpRules.length > 0) result.stepUpRules = [];
+    for (const [index, rule] of seed.stepUpRules.entries()) {
+      try {
+        await setStepUpRule(tx, rule);
+        result.stepUpRules!.push(rule.scope);
+      } catch (err) {
+        if (err instanceof StepUpRuleError) throw new SeedError(`stepUpRules.${index}: ${err.message}`);
+        throw err;
+      }
+    }
     await audit?.record({
       type: 'admin.seed_applied',
       outcome: 'success',
@@ -179,6 +193,7 @@ export async function applySeed(db: Db, provider: Provider, clientSecretKey: str
         users_created: result.users.length, resource_servers: result.resourceServers, clients: result.clients,
         patients: result.patients?.length, care_team_added: result.careTeam, roles: result.roles,
         exchange_policies: result.exchangePolicies,
+        step_up_rules: result.stepUpRules,
         exchange_policy_actors: result.exchangePolicies === undefined ? undefined
           : [...new Set(seed.exchangePolicies.map((p) => p.actorClientId))],
       },
