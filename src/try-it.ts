@@ -4,7 +4,7 @@ import path from 'node:path';
 import type { RunningServer } from './server.ts';
 
 /** Dev client certificates issued for the demo clients (keys/tls/clients/<name>.pem/.key). */
-export const DEMO_CLIENT_CERTIFICATES = ['demo-service', 'demo-app'] as const;
+export const DEMO_CLIENT_CERTIFICATES = ['demo-service', 'demo-app', 'demo-orchestrator'] as const;
 const DEMO_FHIR = 'https://localhost:9443/r4';
 
 export function tryItGuide(server: Pick<RunningServer, 'issuer' | 'mtlsBaseUrl'>, keysDir: string): string {
@@ -33,5 +33,12 @@ Sign in as clinician:  username dr.demo   password demo-password-change-me   (ca
   (the code arrives at the redirect URI; redeem it at ${server.mtlsBaseUrl}/token with ${cert('demo-app')},
    -u demo-app:demo-app-secret-change-me-0123456789, grant_type=authorization_code, the code, that redirect_uri and
    code_verifier=dBjftJeZ4CVP-mB0unHzwEeC17nVk3F8gIO3kqyE1mfQ-_pWWN1c; the response names the patient)
+
+4. Let the AI orchestrator exchange that app token (APP_TOKEN) for a narrow per-task token bound to its own certificate:
+  curl --cacert ${ca} ${cert('demo-orchestrator')} \\
+    -d grant_type=urn:ietf:params:oauth:grant-type:token-exchange -d client_id=demo-orchestrator \\
+    -d subject_token=$APP_TOKEN -d subject_token_type=urn:ietf:params:oauth:token-type:access_token \\
+    -d resource=${DEMO_FHIR} --data-urlencode 'scope=patient/Observation.rs?category=laboratory' \\
+    ${server.mtlsBaseUrl}/token
 `;
 }

@@ -228,7 +228,8 @@ describe('admin CLI', { concurrency: true }, () => {
     const summary = result(await ws.run(['seed', path.join(ROOT, 'seeds/demo.json')]));
     assert.deepEqual(summary, {
       users: ['dr.demo'], patients: ['p1', 'p2', 'p3'], careTeam: 2, roles: ['clinician'],
-      resourceServers: ['https://localhost:9443/r4'], clients: ['demo-app', 'demo-service'],
+      resourceServers: ['https://localhost:9443/r4'], clients: ['demo-app', 'demo-service', 'demo-orchestrator'],
+      exchangePolicies: 1,
     });
     const users = await ws.query<{ username: string }>('SELECT username FROM users');
     assert.deepEqual(users.map((u) => u.username), ['dr.demo'], 'the invalid seed created nobody');

@@ -86,6 +86,7 @@ describe('token exchange (RFC 8693)', () => {
     assert.equal(res.status, status, JSON.stringify(res.body));
     assert.equal(res.body.error, error);
     assert.equal(res.body.access_token, undefined);
+    assert.ok(typeof res.body.error_description === 'string' && res.body.error_description !== 'grant request is invalid', 'says why');
     const { rows } = await ts.testDb.db.query<{ rule: string }>(
       "SELECT rule FROM audit_events WHERE type = 'exchange.refused' ORDER BY seq DESC LIMIT 1",
     );
@@ -183,6 +184,26 @@ describe('token exchange (RFC 8693)', () => {
     await oidc.tokenRevocation(app, clinician.refresh_token!);
     assert.deepEqual(await introspect().then((r) => r.body), { active: false });
     await refused(await exchange(clinician.access_token), 400, 'invalid_grant', 'subject_token_inactive');
+  });
+
+  test('openid-client as the orchestrator: TlsClientAuth at the mTLS alias, generic grant request', async () => {
+    const clinician = await clinicianTokens();
+    const dispatcher = agent(orchestrator);
+    const withCert = ((url: string, options: Record<string, unknown>) =>
+      undiciFetch(url, { ...options, dispatcher } as never)) as unknown as oidc.CustomFetch;
+    const config = await oidc.discovery(new URL(ts.issuer), ORCHESTRATOR, { use_mtls_endpoint_aliases: true }, oidc.TlsClientAuth(), {
+      [oidc.customFetch]: withCert,
+    });
+    config[oidc.customFetch] = withCert;
+    const response = await oidc.genericGrantRequest(config, TOKEN_EXCHANGE_GRANT, {
+      subject_token: clinician.access_token,
+      subject_token_type: TOKEN_TYPE_ACCESS_TOKEN,
+      resource: FHIR,
+      scope: LABS,
+    });
+    assert.equal(response.issued_token_type, TOKEN_TYPE_ACCESS_TOKEN);
+    assert.equal(response.scope, LABS);
+    assert.deepEqual(jose.decodeJwt(response.access_token).cnf, { 'x5t#S256': thumbprint(orchestrator.certPem) });
   });
 
   test('two server processes on one database: exchange on one, revocation on the other, inactive on the first', async () => {

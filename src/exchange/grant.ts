@@ -35,12 +35,14 @@ export interface TokenExchangeDeps {
 
 type Record_ = AdapterPayload & { extra?: Record<string, unknown> };
 
-const ERRORS = {
-  invalid_request: errors.InvalidRequest,
-  invalid_grant: errors.InvalidGrant,
-  invalid_target: errors.InvalidTarget,
-  unauthorized_client: errors.UnauthorizedClient,
-} as const;
+// oidc-provider's InvalidGrant hides its description ("grant request is invalid"); an actor is told
+// which rule refused (never anything about the token beyond that), so it can fix its request.
+const ERRORS: Record<'invalid_request' | 'invalid_grant' | 'invalid_target' | 'unauthorized_client', (description: string) => Error> = {
+  invalid_request: (d) => new errors.InvalidRequest(d),
+  invalid_grant: (d) => new errors.CustomOIDCProviderError('invalid_grant', d),
+  invalid_target: (d) => new errors.InvalidTarget(d),
+  unauthorized_client: (d) => new errors.UnauthorizedClient(d),
+};
 
 function publicKeys(jwks: { keys: JWK[] }): { keys: JWK[] } {
   return { keys: jwks.keys.map(({ d: _d, p: _p, q: _q, dp: _dp, dq: _dq, qi: _qi, ...pub }) => pub) };
@@ -158,7 +160,7 @@ export function registerTokenExchange(provider: Provider, deps: TokenExchangeDep
     if (!decision.ok) {
       await deps.audit?.record({ type: 'exchange.refused', outcome: 'denied', severity: 'warning', rule: decision.rule, ...event });
       if (decision.error === 'invalid_scope') throw new errors.InvalidScope(decision.description, String(params.scope ?? ''));
-      throw new ERRORS[decision.error](decision.description);
+      throw ERRORS[decision.error](decision.description);
     }
     // The binding: an exchanged token is only ever usable with the actor's certificate.
     if (!cert) throw new errors.InvalidGrant('mutual TLS client certificate not provided');
