@@ -24,6 +24,7 @@ const LAB_TOOL = 'lab-tool';
 const IDLE_AGENT = 'idle-agent';
 const SECRET_AGENT = { client_id: 'secret-agent', client_secret: 'secret-agent-secret-0123456789-0123456789' };
 const LABS = 'patient/Observation.rs?category=laboratory';
+const SHORT_LIVED = 'https://short.test/r4';
 
 const thumbprint = (certPem: string) => x5tS256(Buffer.from(derBase64(certPem), 'base64'));
 
@@ -71,11 +72,11 @@ describe('token exchange (RFC 8693)', () => {
   }
 
   /** The clinician signs in through the app (code + PKCE), token bound to the app's certificate. */
-  async function clinicianTokens(extraScope = '') {
+  async function clinicianTokens(extraScope = '', audience = FHIR) {
     const verifier = oidc.randomPKCECodeVerifier();
     const state = oidc.randomState();
     const url = oidc.buildAuthorizationUrl(app, {
-      redirect_uri: APP.redirect_uri, scope: `openid fhirUser launch/patient patient/Observation.rs${extraScope}`, aud: FHIR, state,
+      redirect_uri: APP.redirect_uri, scope: `openid fhirUser launch/patient patient/Observation.rs${extraScope}`, aud: audience, state,
       code_challenge: await oidc.calculatePKCECodeChallenge(verifier), code_challenge_method: 'S256', prompt: 'consent',
     });
     const callback = await new Browser(ts).authorize(url, CLINICIAN.username, CLINICIAN.password, { patient: CARE_TEAM_PATIENTS[0]!.id });
@@ -104,6 +105,7 @@ describe('token exchange (RFC 8693)', () => {
       grant_types: [TOKEN_EXCHANGE_GRANT], response_types: [], redirect_uris: [],
     });
     await applySeed(ts.testDb.db, ts.server.provider(), ts.server.secrets.clientSecretKey, SeedSchema.parse({
+      resourceServers: [{ identifier: SHORT_LIVED, name: 'FHIR with one-second tokens', scope: 'patient/Observation.rs', accessTokenTtl: 1 }],
       clients: [
         workload(ORCHESTRATOR), workload(LAB_TOOL), workload(IDLE_AGENT),
         { ...SECRET_AGENT, grant_types: [TOKEN_EXCHANGE_GRANT], response_types: [], redirect_uris: [] },
@@ -274,6 +276,23 @@ describe('token exchange (RFC 8693)', () => {
       }).then((r) => r.json() as Promise<{ access_token: string }>);
       assert.equal(cc.status, 400, 'no certificate: no token (bound by default)');
       await refused(await exchange(serviceToken.access_token), 400, 'invalid_grant', 'subject_token_inactive');
+    });
+    test('expired subject token → invalid_grant', async () => {
+      const brief = (await clinicianTokens('', SHORT_LIVED)).access_token;
+      await new Promise((resolve) => setTimeout(resolve, 2_100));
+      await refused(await exchange(brief), 400, 'invalid_grant', 'subject_token_inactive');
+    });
+    test('a refresh token presented as the subject access token → invalid_grant', async () => {
+      const withRefresh = await clinicianTokens(' offline_access');
+      await refused(await exchange(withRefresh.refresh_token!), 400, 'invalid_grant', 'subject_token_inactive');
+    });
+    test('revoking the subject access token makes the exchanged token inactive', async () => {
+      const clinician = await clinicianTokens();
+      const task = await exchange(clinician.access_token);
+      assert.equal(task.status, 200, JSON.stringify(task.body));
+      await oidc.tokenRevocation(app, clinician.access_token);
+      const introspected = await post(ts.endpoint('/token/introspection'), { token: String(task.body.access_token), client_id: ORCHESTRATOR }, orchestrator);
+      assert.deepEqual(introspected.body, { active: false });
     });
     test('revoked subject token → invalid_grant', async () => {
       const revoked = (await clinicianTokens()).access_token;
