@@ -17,13 +17,9 @@ import { readAuditEvents, toExportedEvent, type ExportedAuditEvent } from '../sr
 import { deriveAuditKeys, type AuditKeys } from '../src/audit/keys.ts';
 import { AuditLog, type StoredAuditRow } from '../src/audit/log.ts';
 import type { Db } from '../src/db/index.ts';
-import { migrate } from '../src/db/migrate.ts';
-import { createPgliteDb } from '../src/db/pglite.ts';
 import { loadOrCreateSecrets } from '../src/keystore/secrets.ts';
-import { assertOneErrorLine, cliEnv, failure, result, runCli, tempDir, type Run } from './support/cli.ts';
-import { createTestDb } from './support/test-db.ts';
+import { assertOneErrorLine, cliDatabase, cliEnv, failure, result, runCli, tempDir, type Run } from './support/cli.ts';
 
-const POSTGRES = Boolean(process.env.DATABASE_URL);
 const RAW_PATIENT = 'Patient/12345';
 const OTHER_PATIENT = 'Patient/67890';
 const IP = '198.51.100.7';
@@ -48,22 +44,9 @@ async function auditWorkspace(t: TestContext, options: { secrets?: boolean; data
   let withDb: AuditWorkspace['withDb'];
   if (options.database === false) {
     withDb = () => Promise.reject(new Error('this workspace has no database'));
-  } else if (POSTGRES) {
-    const testDb = await createTestDb();
-    t.after(() => testDb.drop());
-    url = testDb.url;
-    withDb = (fn) => fn(testDb.db);
   } else {
-    withDb = async (fn) => {
-      const db = await createPgliteDb(path.join(dir, 'pglite'));
-      try {
-        return await fn(db);
-      } finally {
-        await db.close();
-      }
-    };
+    ({ url, withDb } = await cliDatabase(t, dir));
   }
-  if (options.database !== false) await withDb((db) => migrate(db));
   const env = cliEnv(dir, url);
   return {
     dir,

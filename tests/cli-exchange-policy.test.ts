@@ -7,36 +7,14 @@ import path from 'node:path';
 import { test } from 'node:test';
 
 import type { StoredAuditRow } from '../src/audit/log.ts';
-import type { Db } from '../src/db/index.ts';
-import { migrate } from '../src/db/migrate.ts';
-import { createPgliteDb } from '../src/db/pglite.ts';
-import { cliEnv, failure, result, runCli, tempDir } from './support/cli.ts';
-import { createTestDb } from './support/test-db.ts';
+import { cliDatabase, cliEnv, failure, result, runCli, tempDir } from './support/cli.ts';
 
 const FHIR = 'https://fhir.example.test/r4';
 const TOOLS = 'https://tools.example.test/api';
 
 test('exchange-policy set, list and remove; seed exchangePolicies; usage and reference errors; audited', async (t) => {
   const dir = await tempDir(t, 'cli-exchange-policy-test-');
-  let url: string | undefined;
-  let withDb: <T>(fn: (db: Db) => Promise<T>) => Promise<T>;
-  if (process.env.DATABASE_URL) {
-    const testDb = await createTestDb();
-    t.after(() => testDb.drop());
-    url = testDb.url;
-    withDb = (fn) => fn(testDb.db);
-  } else {
-    // PGlite is opened only while no CLI process runs.
-    withDb = async (fn) => {
-      const db = await createPgliteDb(path.join(dir, 'pglite'));
-      try {
-        return await fn(db);
-      } finally {
-        await db.close();
-      }
-    };
-  }
-  await withDb((db) => migrate(db));
+  const { url, withDb } = await cliDatabase(t, dir);
   const env = cliEnv(dir, url);
   const run = (args: string[]) => runCli(env, args);
 

@@ -11,14 +11,10 @@ import { describe, test, type TestContext } from 'node:test';
 import { deriveAuditKeys, pseudonymise, type AuditKeys } from '../src/audit/keys.ts';
 import type { StoredAuditRow } from '../src/audit/log.ts';
 import type { Db } from '../src/db/index.ts';
-import { migrate } from '../src/db/migrate.ts';
-import { createPgliteDb } from '../src/db/pglite.ts';
 import { loadOrCreateSecrets } from '../src/keystore/secrets.ts';
 import { launchDigest, resolveLaunch } from '../src/smart/launch-contexts.ts';
-import { cliEnv, failure, result, runCli, tempDir, type Run } from './support/cli.ts';
-import { createTestDb } from './support/test-db.ts';
+import { cliDatabase, cliEnv, failure, result, runCli, tempDir, type Run } from './support/cli.ts';
 
-const POSTGRES = Boolean(process.env.DATABASE_URL);
 // Distinctive, so that finding them in an audit record cannot be a coincidence.
 const PATIENT = 'pt-7f3a9c';
 const OTHER_PATIENT = 'pt-b81d44';
@@ -40,22 +36,9 @@ async function workspace(t: TestContext, options: { database?: boolean } = {}): 
   let withDb: Workspace['withDb'];
   if (options.database === false) {
     withDb = () => Promise.reject(new Error('this workspace has no database'));
-  } else if (POSTGRES) {
-    const testDb = await createTestDb();
-    t.after(() => testDb.drop());
-    url = testDb.url;
-    withDb = (fn) => fn(testDb.db);
   } else {
-    withDb = async (fn) => {
-      const db = await createPgliteDb(path.join(dir, 'pglite'));
-      try {
-        return await fn(db);
-      } finally {
-        await db.close();
-      }
-    };
+    ({ url, withDb } = await cliDatabase(t, dir));
   }
-  if (options.database !== false) await withDb((db) => migrate(db));
   const env = cliEnv(dir, url);
   return {
     dir,

@@ -33,6 +33,7 @@ function input(overrides: {
       accountId: 'user-1',
       scope: 'patient/Observation.rs patient/Patient.rs',
       patient: 'p1',
+      patientOnCareTeam: true,
       expiresAt: NOW + 240,
       ...overrides.subject,
     },
@@ -65,6 +66,7 @@ describe('token exchange decision', () => {
       lifetimeSeconds: 240,
       act: { sub: 'orchestrator' },
       depth: 1,
+      depthLimit: 2,
       rule: 'exchange_policy',
     });
     const longLived = decideExchange(input({ subject: { expiresAt: NOW + 3600 }, request: { subjectTokenType: TOKEN_TYPE_JWT } }));
@@ -113,6 +115,10 @@ describe('token exchange decision', () => {
     ['scope outside the actor\'s ceiling', input({ request: { scope: 'patient/Patient.rs' } }), 'invalid_scope', 'actor_ceiling'],
     ['scope outside the audience', input({ audienceScope: 'user/*.rs' }), 'invalid_scope', 'audience_ceiling'],
     ['patient scope without a patient', input({ subject: { patient: undefined } }), 'invalid_scope', 'patient_context'],
+    ['patient no longer on the care team', input({ subject: { patientOnCareTeam: false } }), 'invalid_grant', 'care_team'],
+    ['a filter naming a patient', input({ request: { scope: 'patient/Observation.rs?subject=Patient/p2' } }), 'invalid_scope', 'patient_filter'],
+    ['OR values in a filter', input({ request: { scope: 'patient/Observation.rs?category=laboratory,sensitive' } }), 'invalid_scope', 'or_values'],
+    ['an earlier actor\'s depth limit', input({ actor: { clientId: 'lab-tool' }, subject: { clientId: 'orchestrator', act: { sub: 'orchestrator' }, depthLimit: 1 }, policy: { maxDepth: 3 } }), 'invalid_grant', 'delegation_depth'],
     ['step-up rule not met (password sign-in, labs need MFA)', { ...input({ subject: { acr: 'urn:clinical-authz:acr:pwd' } }),
       stepUpRules: [{ scope: 'patient/Observation.r', acrValues: ['urn:clinical-authz:acr:mfa'] }] }, 'invalid_grant', 'step_up_required'],
     ['step-up rule, wider request overlapping it', { ...input({ request: { scope: 'patient/*.s' }, subject: { scope: 'patient/*.rs' }, policy: { scope: 'patient/*.rs' } }),

@@ -41,6 +41,10 @@ export interface SubjectTokenFacts {
   /** RFC 8693 §4.4: the parties the subject token allows to act for it (client ids). */
   mayAct?: readonly string[] | undefined;
   breakGlass?: boolean | undefined;
+  /** The deepest chain an earlier actor's policy allowed (carried in exchanged tokens). */
+  depthLimit?: number | undefined;
+  /** The patient in context is (still) on the clinician's care team; undefined when there is no patient. */
+  patientOnCareTeam?: boolean | undefined;
 }
 
 export interface ExchangePolicyFacts {
@@ -71,8 +75,16 @@ export interface ExchangeDecisionInput {
 export type ExchangeError = 'invalid_request' | 'invalid_grant' | 'invalid_scope' | 'invalid_target' | 'unauthorized_client';
 
 export type ExchangeDecision =
-  | { ok: true; audience: string; scope: string; lifetimeSeconds: number; act: ActClaim; depth: number; rule: 'exchange_policy' }
+  | {
+    ok: true; audience: string; scope: string; lifetimeSeconds: number; act: ActClaim; depth: number;
+    /** The depth limit the issued token carries on (the smallest along the chain). */
+    depthLimit: number;
+    rule: 'exchange_policy';
+  }
   | { ok: false; error: ExchangeError; rule: string; description: string };
+
+/** Search parameters that select a patient (the patient comes from the subject token, never from a scope). */
+const PATIENT_FILTERS: ReadonlySet<string> = new Set(['patient', 'subject', '_id', 'identifier', 'name', 'family', 'given', 'birthdate']);
 
 const refuse = (error: ExchangeError, rule: string, description: string): ExchangeDecision => ({ ok: false, error, rule, description });
 
@@ -118,9 +130,23 @@ export function decideExchange(input: ExchangeDecisionInput): ExchangeDecision {
   const named = parsed.scopes.find((s) => s.kind !== 'resource');
   if (named) return refuse('invalid_scope', 'resource_scopes_only', `exchanged tokens carry resource scopes only, not ${named.text}`);
   const requested = parsed.scopes as ResourceScope[];
+  for (const scope of requested) {
+    for (const [name, value] of scope.query) {
+      // A filter naming a patient would put a patient id into tokens and audit records; the patient
+      // comes from the subject token alone.
+      if (PATIENT_FILTERS.has(name)) return refuse('invalid_scope', 'patient_filter', `patient filters are not allowed in exchanged scopes: ${name}`);
+      // FHIR reads a comma as OR: a filtered scope must name exactly one value per parameter.
+      if (value.includes(',') || value.toUpperCase().includes('%2C')) {
+        return refuse('invalid_scope', 'or_values', `one value per filter in exchanged scopes: ${name}`);
+      }
+    }
+  }
 
   // The subject token: ours, alive, its grant alive.
   if (!subject.active) return refuse('invalid_grant', 'subject_token_inactive', 'subject token is not active');
+  if (subject.patient !== undefined && subject.patientOnCareTeam !== true) {
+    return refuse('invalid_grant', 'care_team', 'the patient in context is no longer on the clinician\'s care team');
+  }
   const remaining = subject.expiresAt - input.now;
   if (remaining <= 0) return refuse('invalid_grant', 'subject_token_inactive', 'subject token is expired');
 
@@ -146,7 +172,9 @@ export function decideExchange(input: ExchangeDecisionInput): ExchangeDecision {
     return refuse('invalid_grant', 'break_glass_not_allowed', 'break-glass tokens may not be exchanged by this actor');
   }
   const depth = chain.length + 1;
-  if (depth > policy.maxDepth) return refuse('invalid_grant', 'delegation_depth', 'the delegation chain would be deeper than allowed');
+  // Every policy along the chain bounds it: a later actor cannot re-delegate beyond an earlier one's limit.
+  const depthLimit = Math.min(policy.maxDepth, subject.depthLimit ?? Infinity);
+  if (depth > depthLimit) return refuse('invalid_grant', 'delegation_depth', 'the delegation chain would be deeper than allowed');
 
   // What data: requested ⊆ subject ∩ actor ceiling ∩ audience, by SMART subset semantics.
   const subjectScopes: ParsedScope[] = resourceScopes(subject.scope);
@@ -174,6 +202,7 @@ export function decideExchange(input: ExchangeDecisionInput): ExchangeDecision {
     lifetimeSeconds: Math.min(policy.maxTtlSeconds, remaining),
     act: subject.act ? { sub: actor.clientId, act: subject.act } : { sub: actor.clientId },
     depth,
+    depthLimit,
     rule: 'exchange_policy',
   };
 }

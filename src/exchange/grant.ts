@@ -9,15 +9,19 @@ import { errors, type AdapterPayload, type KoaContextWithOIDC } from 'oidc-provi
 import { findUserById } from '../accounts/users.ts';
 import type { AuditLog } from '../audit/log.ts';
 import type { Db } from '../db/index.ts';
-import { linkChildGrant } from '../oidc/adapter.ts';
+import { linkChildGrant, revokeWholeGrant } from '../oidc/adapter.ts';
 import type { JwtAccessTokenRegistry } from '../oidc/jwt-access-tokens.ts';
 import { usableCertificate } from '../oidc/mtls.ts';
 import { listStepUpRules } from '../mfa/step-up-rules.ts';
+import { isOnCareTeam } from '../smart/care-team.ts';
 import { findResourceServer } from '../oidc/resource-servers.ts';
 import {
   decideExchange, TOKEN_EXCHANGE_GRANT, TOKEN_TYPE_ACCESS_TOKEN, type ActClaim, type ExchangeDecision, type SubjectTokenFacts,
 } from './decision.ts';
 import { actorMayActFor, findExchangePolicy, listExchangePolicies } from './policies.ts';
+
+/** Carried in exchanged tokens: the deepest chain any policy so far allowed. */
+const DEPTH_LIMIT_CLAIM = 'delegation_depth_limit';
 
 export const EXCHANGE_PARAMETERS = [
   'subject_token', 'subject_token_type', 'actor_token', 'actor_token_type', 'requested_token_type', 'resource', 'audience', 'scope',
@@ -105,6 +109,10 @@ export function registerTokenExchange(provider: Provider, deps: TokenExchangeDep
         act: asAct(extra.act),
         mayAct: mayActOf(extra.may_act),
         breakGlass: extra.break_glass === true,
+        depthLimit: typeof extra[DEPTH_LIMIT_CLAIM] === 'number' ? extra[DEPTH_LIMIT_CLAIM] : undefined,
+        patientOnCareTeam: typeof extra.patient === 'string'
+          ? await isOnCareTeam(deps.db, String(record.accountId), extra.patient)
+          : undefined,
       },
     };
   }
@@ -163,18 +171,24 @@ export function registerTokenExchange(provider: Provider, deps: TokenExchangeDep
       throw ERRORS[decision.error](decision.description);
     }
     // The binding: an exchanged token is only ever usable with the actor's certificate.
-    if (!cert) throw new errors.InvalidGrant('mutual TLS client certificate not provided');
+    if (!cert) {
+      await deps.audit?.record({ type: 'exchange.refused', outcome: 'denied', severity: 'warning', rule: 'actor_certificate', ...event });
+      throw new errors.InvalidGrant('mutual TLS client certificate not provided');
+    }
     await deps.audit?.record({
       type: 'exchange.allowed', outcome: 'success', rule: decision.rule, ...event,
       details: { ...event.details, scope_granted: decision.scope, lifetime: decision.lifetimeSeconds, depth: decision.depth },
     });
 
     const { record } = subject;
+    const parentGrantId = String(record!.grantId);
     const extra = record?.extra ?? {};
+    // Linked before anything is issued, so a revocation of the clinician's grant from now on reaches it.
     const child = new provider.Grant({ accountId: subject.facts.accountId!, clientId: client.clientId });
     child.addResourceScope(decision.audience, decision.scope);
     const childId = await child.save();
-    await linkChildGrant(deps.db, childId, String(record!.grantId), new Date((Math.floor(Date.now() / 1000) + decision.lifetimeSeconds) * 1000));
+    const lifetime = Math.min(decision.lifetimeSeconds, resourceServer!.accessTokenTtl ?? Infinity);
+    await linkChildGrant(deps.db, childId, parentGrantId, new Date((Math.floor(Date.now() / 1000) + lifetime) * 1000));
 
     const token = new provider.AccessToken({
       accountId: subject.facts.accountId!,
@@ -184,20 +198,33 @@ export function registerTokenExchange(provider: Provider, deps: TokenExchangeDep
       scope: decision.scope,
       extra: {
         act: decision.act,
+        [DEPTH_LIMIT_CLAIM]: decision.depthLimit,
         ...(subject.facts.patient ? { patient: subject.facts.patient } : {}),
-        ...Object.fromEntries(['fhirUser', 'acr', 'amr', 'auth_time'].filter((k) => extra[k] !== undefined).map((k) => [k, extra[k]])),
+        // Restrictions of the subject travel on: a later actor meets them too.
+        ...Object.fromEntries(['fhirUser', 'acr', 'amr', 'auth_time', 'may_act', 'break_glass']
+          .filter((k) => extra[k] !== undefined).map((k) => [k, extra[k]])),
       },
     });
     token.resourceServer = new provider.ResourceServer(decision.audience, {
       scope: decision.scope,
       audience: decision.audience,
-      accessTokenFormat: 'jwt',
-      accessTokenTTL: decision.lifetimeSeconds,
-      jwt: { sign: { alg: deps.signingAlg } },
+      accessTokenFormat: resourceServer!.accessTokenFormat,
+      accessTokenTTL: lifetime,
+      ...(resourceServer!.accessTokenFormat === 'jwt' ? { jwt: { sign: { alg: deps.signingAlg } } } : {}),
     } as never);
     token.setThumbprint('x5t', cert.leaf);
     ctx.oidc.entity('AccessToken', token);
     const value = await token.save();
+
+    // A revocation that ran between the first look at the subject and the link above did not see the
+    // child: look again now that the token exists, and take it back if the subject is gone.
+    const parentAlive = await provider.Grant.find(parentGrantId);
+    const subjectAlive = parentAlive && await findOurToken(String(params.subject_token));
+    if (!subjectAlive) {
+      await revokeWholeGrant(deps.db, childId);
+      await deps.audit?.record({ type: 'exchange.refused', outcome: 'denied', severity: 'warning', rule: 'subject_revoked_during_exchange', ...event });
+      throw ERRORS.invalid_grant('subject token is not active');
+    }
 
     ctx.body = {
       access_token: value,

@@ -8,6 +8,11 @@ import path from 'node:path';
 import type { TestContext } from 'node:test';
 import { fileURLToPath } from 'node:url';
 
+import type { Db } from '../../src/db/index.ts';
+import { migrate } from '../../src/db/migrate.ts';
+import { createPgliteDb } from '../../src/db/pglite.ts';
+import { createTestDb } from './test-db.ts';
+
 export const ROOT = fileURLToPath(new URL('../..', import.meta.url));
 
 export interface Run {
@@ -69,4 +74,35 @@ export async function tempDir(t: TestContext, prefix = 'cli-test-'): Promise<str
   const dir = await mkdtemp(path.join(os.tmpdir(), prefix));
   t.after(() => rm(dir, { recursive: true, force: true }));
   return dir;
+}
+
+export interface CliDatabase {
+  /** DATABASE_URL for the CLI; undefined: the embedded database under the workspace's DATA_DIR. */
+  url: string | undefined;
+  /** Runs fn with the database. PGlite is opened only for fn: a CLI process needs the directory alone. */
+  withDb<T>(fn: (db: Db) => Promise<T>): Promise<T>;
+}
+
+/** A migrated database for CLI tests: a fresh PostgreSQL database (DATABASE_URL set) or PGlite under `dir`. */
+export async function cliDatabase(t: TestContext, dir: string): Promise<CliDatabase> {
+  let database: CliDatabase;
+  if (process.env.DATABASE_URL) {
+    const testDb = await createTestDb();
+    t.after(() => testDb.drop());
+    database = { url: testDb.url, withDb: (fn) => fn(testDb.db) };
+  } else {
+    database = {
+      url: undefined,
+      async withDb(fn) {
+        const db = await createPgliteDb(path.join(dir, 'pglite'));
+        try {
+          return await fn(db);
+        } finally {
+          await db.close();
+        }
+      },
+    };
+  }
+  await database.withDb((db) => migrate(db));
+  return database;
 }
