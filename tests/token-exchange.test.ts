@@ -282,6 +282,11 @@ describe('token exchange (RFC 8693)', () => {
       await new Promise((resolve) => setTimeout(resolve, 2_100));
       await refused(await exchange(brief), 400, 'invalid_grant', 'subject_token_inactive');
     });
+    test('an ID token presented as the subject access token → invalid_grant', async () => {
+      const withId = await clinicianTokens();
+      assert.ok(withId.id_token);
+      await refused(await exchange(withId.id_token!, { subject_token_type: 'urn:ietf:params:oauth:token-type:jwt' }), 400, 'invalid_grant', 'subject_token_inactive');
+    });
     test('a refresh token presented as the subject access token → invalid_grant', async () => {
       const withRefresh = await clinicianTokens(' offline_access');
       await refused(await exchange(withRefresh.refresh_token!), 400, 'invalid_grant', 'subject_token_inactive');
