@@ -65,6 +65,8 @@ describe('scope policy', () => {
       { error: 'invalid_scope', rule: 'scope_context', scope: 'system/Patient.rs' });
     assert.deepEqual(refusal({ requested: 'patient/Patient.rs', clientCeiling: 'system/*.rs patient/*.rs', flow: 'system' }),
       { error: 'invalid_scope', rule: 'scope_context', scope: 'patient/Patient.rs' });
+    assert.deepEqual(refusal({ requested: 'patient/Observation.rs?patient=p2' }),
+      { error: 'invalid_scope', rule: 'patient_filter', scope: 'patient/Observation.rs?patient=p2' });
     const many = Array.from({ length: MAX_REQUESTED_SCOPES + 1 }, (_, i) => `user/Observation.r?code=c${i}`).join(' ');
     assert.equal(refusal({ requested: many }).rule, 'scope_count');
   });

@@ -147,6 +147,19 @@ describe('SMART App Launch', () => {
     }
   });
 
+  test('SMART parameters: aud naming another server, or launch without the launch scope, is invalid_request', async () => {
+    const cases: Array<Record<string, string>> = [
+      { scope: 'openid patient/Observation.rs', aud: 'https://other.test/api', resource: FHIR },
+      { scope: 'openid patient/Observation.rs', aud: FHIR, launch: 'A'.repeat(43) },
+    ];
+    for (const params of cases) {
+      const started = await authorizationUrl(app, params);
+      const res = await ts.fetch(started.url);
+      assert.equal(res.status, 303, JSON.stringify(params));
+      assert.equal(new URL(res.headers.get('location')!).searchParams.get('error'), 'invalid_request', JSON.stringify(params));
+    }
+  });
+
   test('EHR launch for a patient outside the care team is refused at consent', async () => {
     const { launch } = await createLaunch(ts.testDb.db, { patientId: OUTSIDE_PATIENT.id, clientId: APP.client_id, ttlSeconds: 300 });
     const started = await authorizationUrl(app, { scope: 'openid launch patient/Observation.rs', aud: FHIR, launch });
@@ -175,6 +188,7 @@ describe('SMART App Launch', () => {
       'openid patient/MedicationRequest.rs',
       'openid system/Patient.rs',
       'openid made-up-scope',
+      'openid patient/Observation.rs?patient=p2',
     ]) {
       const started = await authorizationUrl(app, { scope, aud: FHIR });
       const res = await ts.fetch(started.url);

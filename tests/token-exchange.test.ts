@@ -247,6 +247,13 @@ describe('token exchange (RFC 8693)', () => {
     test('two audiences → invalid_target', async () => {
       await refused(await exchange(subject, { resource: [FHIR, TOOLS] }), 400, 'invalid_target', 'single_audience');
     });
+    test('a scope filter naming a patient → invalid_scope, and the audit record holds no patient id', async () => {
+      await refused(await exchange(subject, { scope: 'patient/Observation.rs?subject=Patient/p2' }), 400, 'invalid_scope', 'patient_filter');
+      const { rows } = await ts.testDb.db.query<{ details: unknown }>(
+        "SELECT details FROM audit_events WHERE type = 'exchange.refused' ORDER BY seq DESC LIMIT 1",
+      );
+      assert.doesNotMatch(JSON.stringify(rows[0]), /Patient\/p2/);
+    });
     test('missing scope → invalid_request', async () => {
       await refused(await exchange(subject, { scope: undefined }), 400, 'invalid_request', 'scope_required');
     });

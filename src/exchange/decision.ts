@@ -2,7 +2,7 @@
 // the subject token, the actor and the policy, either the narrowed token to mint or the refusal, with
 // the RFC error and the name of the rule that decided. The grant handler gathers the facts and mints.
 import { unmetStepUp, type StepUpRule } from '../mfa/step-up-rules.ts';
-import { covers, parseScopeList, type ParsedScope, type ResourceScope } from '../smart/scopes.ts';
+import { covers, parseScopeList, patientSelectingFilter, type ParsedScope, type ResourceScope } from '../smart/scopes.ts';
 
 export const TOKEN_TYPE_ACCESS_TOKEN = 'urn:ietf:params:oauth:token-type:access_token';
 export const TOKEN_TYPE_JWT = 'urn:ietf:params:oauth:token-type:jwt';
@@ -83,9 +83,6 @@ export type ExchangeDecision =
   }
   | { ok: false; error: ExchangeError; rule: string; description: string };
 
-/** Search parameters that select a patient (the patient comes from the subject token, never from a scope). */
-const PATIENT_FILTERS: ReadonlySet<string> = new Set(['patient', 'subject', '_id', 'identifier', 'name', 'family', 'given', 'birthdate']);
-
 const refuse = (error: ExchangeError, rule: string, description: string): ExchangeDecision => ({ ok: false, error, rule, description });
 
 function actors(act: ActClaim | undefined): string[] {
@@ -131,10 +128,9 @@ export function decideExchange(input: ExchangeDecisionInput): ExchangeDecision {
   if (named) return refuse('invalid_scope', 'resource_scopes_only', `exchanged tokens carry resource scopes only, not ${named.text}`);
   const requested = parsed.scopes as ResourceScope[];
   for (const scope of requested) {
+    const patientFilter = patientSelectingFilter(scope);
+    if (patientFilter) return refuse('invalid_scope', 'patient_filter', `patient filters are not allowed in scopes: ${patientFilter}`);
     for (const [name, value] of scope.query) {
-      // A filter naming a patient would put a patient id into tokens and audit records; the patient
-      // comes from the subject token alone.
-      if (PATIENT_FILTERS.has(name)) return refuse('invalid_scope', 'patient_filter', `patient filters are not allowed in exchanged scopes: ${name}`);
       // FHIR reads a comma as OR: a filtered scope must name exactly one value per parameter.
       if (value.includes(',') || value.toUpperCase().includes('%2C')) {
         return refuse('invalid_scope', 'or_values', `one value per filter in exchanged scopes: ${name}`);

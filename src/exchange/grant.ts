@@ -14,6 +14,7 @@ import type { JwtAccessTokenRegistry } from '../oidc/jwt-access-tokens.ts';
 import { usableCertificate } from '../oidc/mtls.ts';
 import { listStepUpRules } from '../mfa/step-up-rules.ts';
 import { isOnCareTeam } from '../smart/care-team.ts';
+import { parseScopeList, patientSelectingFilter } from '../smart/scopes.ts';
 import { findResourceServer } from '../oidc/resource-servers.ts';
 import {
   decideExchange, TOKEN_EXCHANGE_GRANT, TOKEN_TYPE_ACCESS_TOKEN, type ActClaim, type ExchangeDecision, type SubjectTokenFacts,
@@ -70,6 +71,16 @@ function mayActOf(value: unknown): string[] | undefined {
   if (!value || typeof value !== 'object') return undefined;
   const { sub, client_id: clientId } = value as { sub?: unknown; client_id?: unknown };
   return [sub, clientId].filter((v): v is string => typeof v === 'string');
+}
+
+/**
+ * The requested scopes as the audit log may hold them: well-formed ones only (a malformed token is
+ * client-chosen text), and none with a patient-selecting filter (it would carry a raw patient id).
+ */
+function auditableScopes(scope: string): string[] {
+  return parseScopeList(scope).scopes
+    .filter((s) => s.kind !== 'resource' || !patientSelectingFilter(s))
+    .map((s) => s.text);
 }
 
 export function registerTokenExchange(provider: Provider, deps: TokenExchangeDeps): void {
@@ -162,7 +173,7 @@ export function registerTokenExchange(provider: Provider, deps: TokenExchangeDep
       details: {
         subject_token: subject.ref,
         subject_client: subject.facts.active ? subject.facts.clientId : undefined,
-        scope_requested: typeof params.scope === 'string' ? params.scope : undefined,
+        scope_requested: typeof params.scope === 'string' ? auditableScopes(params.scope) : undefined,
       },
     };
     if (!decision.ok) {

@@ -1,7 +1,7 @@
 // The one scope decision (DESIGN.md §6): granted = requested ∩ resource server ∩ client ceiling ∩ the
 // user's roles, by SMART subset semantics. Pure: the oidc-provider glue feeds it and applies the result.
 import {
-  formatScopes, narrow, parseScope, parseScopeList, type ParsedScope, type ResourceScope,
+  formatScopes, narrow, parseScope, parseScopeList, patientSelectingFilter, type ParsedScope, type ResourceScope,
 } from './scopes.ts';
 
 export type ScopeFlow = 'user' | 'system';
@@ -111,6 +111,10 @@ export function decideScopes(input: ScopePolicyInput): ScopePolicyDecision {
       continue;
     }
     const scope = parsed.scope;
+    const patientFilter = patientSelectingFilter(scope);
+    if (patientFilter) {
+      throw new ScopePolicyError('invalid_scope', `patient filters are not allowed in scopes: ${patientFilter}`, 'patient_filter', token);
+    }
     requestedResourceScopes += 1;
     if (!CONTEXT_FOR_FLOW[input.flow].has(scope.context)) {
       throw new ScopePolicyError('invalid_scope', input.flow === 'system'

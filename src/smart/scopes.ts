@@ -388,3 +388,15 @@ export function allows(scopes: readonly ParsedScope[], access: FhirAccess): Reso
   }
   return undefined;
 }
+
+/**
+ * Search parameters that select a patient. The patient in context comes from the launch (or the
+ * subject token), never from a scope filter: such a filter would also carry a patient id into tokens
+ * and audit records.
+ */
+const PATIENT_SELECTING_PARAMETERS: ReadonlySet<string> = new Set(['patient', 'subject', '_id', 'identifier', 'name', 'family', 'given', 'birthdate']);
+
+/** The first patient-selecting filter parameter of a scope, if it has one. */
+export function patientSelectingFilter(scope: ResourceScope): string | undefined {
+  return scope.query.find(([name]) => PATIENT_SELECTING_PARAMETERS.has(name))?.[0];
+}

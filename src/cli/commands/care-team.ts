@@ -10,7 +10,7 @@ import {
   CLI_AUDIT, CliError, expectPositionals, parseCommandArgs, UsageError, withDatabase,
   type Command,
 } from '../context.ts';
-import { parseInstant } from './audit-export.ts';
+import { instantOption } from '../instant.ts';
 import { auditedChange, smartInput } from './smart-input.ts';
 
 /** The username given with --user, checked before the database is opened. */
@@ -34,15 +34,6 @@ export async function requireUser(db: Queryable, username: string): Promise<User
 function requiredPatient(command: string, value: string | undefined): string {
   if (value === undefined) throw new UsageError(`${command}: --patient is required`);
   return smartInput(() => requirePatientId(value, '--patient'));
-}
-
-function instantOption(command: string, flag: string, value: string | undefined): Date | undefined {
-  if (value === undefined) return undefined;
-  const instant = parseInstant(value);
-  if (!instant) {
-    throw new UsageError(`${command}: ${flag} '${value}' is not an ISO 8601 date or date-time with zone (e.g. 2025-01-31 or 2025-01-31T08:00:00Z)`);
-  }
-  return instant;
 }
 
 const iso = (value: Date | string | null) => (value === null ? null : new Date(value).toISOString());
