@@ -51,6 +51,20 @@ const EnvSchema = z.object({
    */
   CLIENT_CERT_HEADER: z.enum(['none', 'rfc9440', 'nginx']).default('none'),
   CLIENT_CERT_NGINX_HEADER: z.string().regex(/^[A-Za-z0-9!#$%&'*+.^_`|~-]+$/).default('x-ssl-client-cert'),
+  /** WebAuthn relying party id (a registrable domain of the issuer's host; default: the issuer's host). */
+  WEBAUTHN_RP_ID: z.string().regex(/^[a-z0-9.-]{1,253}$/).optional(),
+  WEBAUTHN_RP_NAME: z.string().min(1).max(64).default('Clinical AuthZ'),
+  /** Comma-separated origins whose WebAuthn answers are accepted (default: the issuer's origin). */
+  WEBAUTHN_ORIGINS: z.string().optional(),
+  /** Seconds a WebAuthn challenge may be answered in. */
+  WEBAUTHN_CHALLENGE_TTL: seconds.max(600).default(120),
+  /**
+   * `enrolled`: anyone with a passkey uses it at every sign-in. `on_demand`: the passkey is asked only
+   * when a request needs it (acr_values, max_age, step-up rules).
+   */
+  MFA_AT_LOGIN: z.enum(['enrolled', 'on_demand']).default('enrolled'),
+  /** Adding or removing a passkey needs a sign-in at most this old (seconds). */
+  RECENT_LOGIN_SECONDS: seconds.max(3600).default(300),
   /** Shared rate-limit counters in Redis instead of PostgreSQL. */
   REDIS_URL: z.string().min(1).optional(),
   RATE_LIMIT_ENABLED: boolean.default(true),
@@ -98,6 +112,14 @@ export interface Config {
     authorizationCode: number;
   };
   login: { maxFailures: number; lockSeconds: number };
+  webauthn: {
+    rpId: string;
+    rpName: string;
+    origins: string[];
+    challengeTtlSeconds: number;
+    mfaAtLogin: 'enrolled' | 'on_demand';
+    recentLoginSeconds: number;
+  };
   redisUrl: string | undefined;
   rateLimit: {
     enabled: boolean;
@@ -162,6 +184,14 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       authorizationCode: e.AUTHORIZATION_CODE_TTL,
     },
     login: { maxFailures: e.LOGIN_MAX_FAILURES, lockSeconds: e.LOGIN_LOCK_SECONDS },
+    webauthn: {
+      rpId: e.WEBAUTHN_RP_ID ?? issuerUrl.hostname,
+      rpName: e.WEBAUTHN_RP_NAME,
+      origins: e.WEBAUTHN_ORIGINS ? e.WEBAUTHN_ORIGINS.split(',').map((o) => o.trim()).filter(Boolean) : [issuerUrl.origin],
+      challengeTtlSeconds: e.WEBAUTHN_CHALLENGE_TTL,
+      mfaAtLogin: e.MFA_AT_LOGIN,
+      recentLoginSeconds: e.RECENT_LOGIN_SECONDS,
+    },
     redisUrl: e.REDIS_URL,
     rateLimit: {
       enabled: e.RATE_LIMIT_ENABLED,
@@ -171,6 +201,14 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     },
   };
 
+  const { rpId, origins } = config.webauthn;
+  for (const origin of origins) {
+    const url = URL.canParse(origin) ? new URL(origin) : undefined;
+    // WebAuthn binds a passkey to the RP id: every accepted origin must be that domain or under it.
+    if (!url || url.origin !== origin || url.protocol !== 'https:' || !(url.hostname === rpId || url.hostname.endsWith(`.${rpId}`))) {
+      throw new ConfigError(`WEBAUTHN_ORIGINS: ${origin.slice(0, 100)} is not an https origin on the RP id ${rpId}`);
+    }
+  }
   if (config.env === 'production') assertProductionSafe(config);
   return config;
 }

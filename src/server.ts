@@ -147,7 +147,9 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
   const mtlsPort = await listen(mtlsServer, config.mtlsPort, config.host);
   const issuer = withPort(config.issuer, port);
   const mtlsBaseUrl = withPort(config.mtlsBaseUrl, mtlsPort);
-  const effective: Config = { ...config, issuer, mtlsBaseUrl };
+  // Origins written with port 0 (tests) follow the listener too.
+  const webauthn = { ...config.webauthn, origins: config.webauthn.origins.map((o) => new URL(withPort(o, port)).origin) };
+  const effective: Config = { ...config, issuer, mtlsBaseUrl, webauthn };
 
   const audit = new AuditLog(db, deriveAuditKeys(secrets.auditKey), logger);
   const storageAudit = new StorageAudit(audit);

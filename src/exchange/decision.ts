@@ -1,7 +1,8 @@
 // The RFC 8693 exchange decision (DESIGN.md §2 step 6, §6), pure: given what is known about the request,
 // the subject token, the actor and the policy, either the narrowed token to mint or the refusal, with
 // the RFC error and the name of the rule that decided. The grant handler gathers the facts and mints.
-import { unmetStepUp, type StepUpRule } from '../mfa/step-up-rules.ts';
+import { unmetBy, type AuthenticationRequirement } from '../mfa/assurance.ts';
+import { stepUpRequirement, type StepUpRule } from '../mfa/step-up-rules.ts';
 import { covers, parseScopeList, patientSelectingFilter, type ParsedScope, type ResourceScope } from '../smart/scopes.ts';
 
 export const TOKEN_TYPE_ACCESS_TOKEN = 'urn:ietf:params:oauth:token-type:access_token';
@@ -36,6 +37,8 @@ export interface SubjectTokenFacts {
   patient?: string | undefined;
   /** The authentication context class the clinician signed in with. */
   acr?: string | undefined;
+  /** When the clinician signed in (seconds since the epoch). */
+  authTime?: number | undefined;
   expiresAt: number;
   act?: ActClaim | undefined;
   /** RFC 8693 §4.4: the parties the subject token allows to act for it (client ids). */
@@ -66,13 +69,16 @@ export interface ExchangeDecisionInput {
   actorHasAnyPolicy: boolean;
   /** The scopes the target resource server accepts; undefined when the target is not a known resource server. */
   audienceScope: string | undefined;
-  /** Scopes that need a stronger sign-in (step-up rules); none when omitted. */
+  /** Which requests need a stronger or more recent sign-in (step-up rules); none when omitted. */
   stepUpRules?: readonly StepUpRule[] | undefined;
   /** Seconds since the epoch. */
   now: number;
 }
 
-export type ExchangeError = 'invalid_request' | 'invalid_grant' | 'invalid_scope' | 'invalid_target' | 'unauthorized_client';
+export type ExchangeError =
+  | 'invalid_request' | 'invalid_grant' | 'invalid_scope' | 'invalid_target' | 'unauthorized_client'
+  // RFC 9470: the clinician must sign in again, as strongly and as recently as `requirement` says.
+  | 'insufficient_user_authentication';
 
 export type ExchangeDecision =
   | {
@@ -81,7 +87,7 @@ export type ExchangeDecision =
     depthLimit: number;
     rule: 'exchange_policy';
   }
-  | { ok: false; error: ExchangeError; rule: string; description: string };
+  | { ok: false; error: ExchangeError; rule: string; description: string; requirement?: AuthenticationRequirement };
 
 const refuse = (error: ExchangeError, rule: string, description: string): ExchangeDecision => ({ ok: false, error, rule, description });
 
@@ -185,10 +191,17 @@ export function decideExchange(input: ExchangeDecisionInput): ExchangeDecision {
     }
   }
 
-  // Why it is allowed includes how strongly the clinician proved who they are.
-  const unmet = unmetStepUp(input.stepUpRules ?? [], requested, subject.acr);
-  if (unmet) {
-    return refuse('invalid_grant', 'step_up_required', `these scopes need a stronger sign-in (acr ${unmet.acrValues.join(' or ')})`);
+  // Why it is allowed includes how strongly, and how recently, the clinician proved who they are.
+  const requirement = stepUpRequirement(input.stepUpRules ?? [], { clientId: actor.clientId, audiences: [audience], scopes: requested });
+  const unmet = requirement && unmetBy(requirement, { acr: subject.acr, authTime: subject.authTime }, input.now);
+  if (requirement && unmet) {
+    return {
+      ok: false,
+      error: 'insufficient_user_authentication',
+      rule: 'step_up_required',
+      description: unmet === 'acr' ? 'a stronger sign-in is required for this request' : 'a more recent sign-in is required for this request',
+      requirement,
+    };
   }
 
   return {

@@ -13,6 +13,7 @@ import { linkChildGrant, revokeWholeGrant } from '../oidc/adapter.ts';
 import type { JwtAccessTokenRegistry } from '../oidc/jwt-access-tokens.ts';
 import { usableCertificate } from '../oidc/mtls.ts';
 import { listStepUpRules } from '../mfa/step-up-rules.ts';
+import { InsufficientUserAuthentication } from '../oidc/insufficient-authentication.ts';
 import { isOnCareTeam } from '../smart/care-team.ts';
 import { parseScopeList, patientSelectingFilter } from '../smart/scopes.ts';
 import { findResourceServer } from '../oidc/resource-servers.ts';
@@ -116,6 +117,7 @@ export function registerTokenExchange(provider: Provider, deps: TokenExchangeDep
         scope: typeof record.scope === 'string' ? record.scope : '',
         patient: typeof extra.patient === 'string' ? extra.patient : undefined,
         acr: typeof extra.acr === 'string' ? extra.acr : undefined,
+        authTime: typeof extra.auth_time === 'number' ? extra.auth_time : undefined,
         expiresAt: Number(record.exp),
         act: asAct(extra.act),
         mayAct: mayActOf(extra.may_act),
@@ -179,6 +181,9 @@ export function registerTokenExchange(provider: Provider, deps: TokenExchangeDep
     if (!decision.ok) {
       await deps.audit?.record({ type: 'exchange.refused', outcome: 'denied', severity: 'warning', rule: decision.rule, ...event });
       if (decision.error === 'invalid_scope') throw new errors.InvalidScope(decision.description, String(params.scope ?? ''));
+      if (decision.error === 'insufficient_user_authentication') {
+        throw new InsufficientUserAuthentication(decision.description, decision.requirement ?? { acrValues: [] });
+      }
       throw ERRORS[decision.error](decision.description);
     }
     // The binding: an exchanged token is only ever usable with the actor's certificate.

@@ -5,7 +5,7 @@ import type { LoginThrottle } from '../accounts/login-throttle.ts';
 import { burnPasswordVerification, MAX_PASSWORD_LENGTH, verifyPassword } from '../accounts/passwords.ts';
 import { findUserByUsername, type User } from '../accounts/users.ts';
 import type { Queryable } from '../db/index.ts';
-import { ACR_PASSWORD, AMR_PASSWORD } from '../oidc/assurance.ts';
+import { ACR_PASSWORD, AMR_PASSWORD } from '../mfa/assurance.ts';
 
 export const LOGIN_FAILED_MESSAGE = 'Sign-in failed. Check your username and password, or try again later.';
 

@@ -1,58 +1,92 @@
-// Which scopes need a stronger sign-in (acr), as data. The WebAuthn issue adds the ceremonies that
-// produce the stronger levels; until then a rule simply names the acr values that are good enough.
+// Step-up as data (DESIGN.md §6): which requests need a stronger or more recent sign-in. A rule names
+// any of a SMART scope pattern, a client and an audience; it applies when every condition it names
+// holds, and demands an acr level and, optionally, a maximum authentication age.
 import { z } from 'zod';
 
 import type { Queryable } from '../db/index.ts';
 import { narrow, parseScope, type ResourceScope } from '../smart/scopes.ts';
+import { ACR_VALUES, strictest, type AuthenticationRequirement } from './assurance.ts';
 
 export interface StepUpRule {
-  /** A SMART resource scope; any requested scope overlapping it needs one of acrValues. */
-  scope: string;
+  /** A SMART resource scope; a request overlapping it (e.g. `patient/*.cud`: any write) is covered. */
+  scope?: string | undefined;
+  /** Only tokens issued to this client. */
+  clientId?: string | undefined;
+  /** Only tokens for this resource server. */
+  audience?: string | undefined;
+  /** Acceptable acr values (documented values only); the weakest sets the level. */
   acrValues: string[];
+  /** Maximum age of the authentication, seconds. */
+  maxAge?: number | undefined;
 }
 
-const ACR = /^[\x21-\x7e]{1,200}$/;
+/** What a token is about to carry, for matching rules. */
+export interface StepUpSubject {
+  clientId: string;
+  audiences: readonly string[];
+  scopes: readonly ResourceScope[];
+}
 
 export class StepUpRuleError extends Error {
   override name = 'StepUpRuleError';
 }
 
-function resourceScope(text: string): ResourceScope {
+const MAX_AGE_LIMIT = 30 * 24 * 3600;
+
+function resourceScope(text: string): ResourceScope | undefined {
   const parsed = parseScope(text);
-  if (!parsed.ok || parsed.scope.kind !== 'resource') throw new StepUpRuleError(`step-up scope must be one SMART resource scope: ${text.slice(0, 100)}`);
-  return parsed.scope;
+  return parsed.ok && parsed.scope.kind === 'resource' ? parsed.scope : undefined;
 }
 
 export const StepUpRuleSchema = z.strictObject({
-  scope: z.string().refine((s) => parseScope(s).ok && (parseScope(s) as { scope?: { kind: string } }).scope?.kind === 'resource', 'one SMART resource scope'),
-  acrValues: z.array(z.string().regex(ACR, 'acr value: printable ASCII, no spaces')).min(1).max(16),
+  scope: z.string().refine((s) => resourceScope(s) !== undefined, 'one SMART resource scope').optional(),
+  clientId: z.string().min(1).max(200).optional(),
+  audience: z.url().optional(),
+  acrValues: z.array(z.enum(ACR_VALUES)).min(1).max(ACR_VALUES.length),
+  maxAge: z.number().int().positive().max(MAX_AGE_LIMIT).optional(),
+}).refine((r) => r.scope !== undefined || r.clientId !== undefined || r.audience !== undefined, {
+  message: 'a rule names at least one of scope, clientId, audience',
 });
 
-export async function setStepUpRule(db: Queryable, rule: StepUpRule): Promise<void> {
-  const scope = resourceScope(rule.scope).text;
-  if (!rule.acrValues.length || !rule.acrValues.every((v) => ACR.test(v))) throw new StepUpRuleError('acrValues: one or more printable acr values');
+/** Adds or replaces the rule with the same conditions. */
+export async function setStepUpRule(db: Queryable, input: StepUpRule): Promise<void> {
+  const checked = StepUpRuleSchema.safeParse(input);
+  if (!checked.success) throw new StepUpRuleError(checked.error.issues.map((i) => `${i.path.join('.') || 'rule'}: ${i.message}`).join('; '));
+  const rule = checked.data;
+  const scope = rule.scope === undefined ? null : resourceScope(rule.scope)!.text;
   await db.query(
-    `INSERT INTO step_up_rules (scope, acr_values) VALUES ($1, $2)
-     ON CONFLICT (scope) DO UPDATE SET acr_values = EXCLUDED.acr_values, updated_at = now()`,
-    [scope, [...new Set(rule.acrValues)]],
+    `INSERT INTO step_up_rules (scope, client_id, audience, acr_values, max_age) VALUES ($1, $2, $3, $4, $5)
+     ON CONFLICT ((coalesce(scope, '')), (coalesce(client_id, '')), (coalesce(audience, '')))
+     DO UPDATE SET acr_values = EXCLUDED.acr_values, max_age = EXCLUDED.max_age, updated_at = now()`,
+    [scope, rule.clientId ?? null, rule.audience ?? null, [...new Set(rule.acrValues)], rule.maxAge ?? null],
   );
 }
 
 export async function listStepUpRules(db: Queryable): Promise<StepUpRule[]> {
-  const { rows } = await db.query<{ scope: string; acr_values: string[] }>('SELECT scope, acr_values FROM step_up_rules ORDER BY scope');
-  return rows.map((r) => ({ scope: r.scope, acrValues: r.acr_values }));
+  const { rows } = await db.query<{ scope: string | null; client_id: string | null; audience: string | null; acr_values: string[]; max_age: number | null }>(
+    'SELECT scope, client_id, audience, acr_values, max_age FROM step_up_rules ORDER BY id',
+  );
+  return rows.map((r) => ({
+    ...(r.scope !== null ? { scope: r.scope } : {}),
+    ...(r.client_id !== null ? { clientId: r.client_id } : {}),
+    ...(r.audience !== null ? { audience: r.audience } : {}),
+    acrValues: r.acr_values,
+    ...(r.max_age !== null ? { maxAge: Number(r.max_age) } : {}),
+  }));
 }
 
-/**
- * The first rule the requested scopes fall under that the given acr does not satisfy, if any.
- * "Falls under" is overlap (a non-empty SMART intersection), so a wider request cannot slip past.
- */
-export function unmetStepUp(rules: readonly StepUpRule[], requested: readonly ResourceScope[], acr: string | undefined): StepUpRule | undefined {
-  for (const rule of rules) {
-    const parsed = parseScope(rule.scope);
-    if (!parsed.ok || parsed.scope.kind !== 'resource') continue;
-    const overlaps = narrow(requested, [parsed.scope]).length > 0;
-    if (overlaps && (acr === undefined || !rule.acrValues.includes(acr))) return rule;
+function applies(rule: StepUpRule, subject: StepUpSubject): boolean {
+  if (rule.clientId !== undefined && rule.clientId !== subject.clientId) return false;
+  if (rule.audience !== undefined && !subject.audiences.includes(rule.audience)) return false;
+  if (rule.scope !== undefined) {
+    const pattern = resourceScope(rule.scope);
+    // Overlap, not containment: a wider request (patient/*.rs) cannot slip past a narrow rule.
+    if (!pattern || narrow(subject.scopes, [pattern]).length === 0) return false;
   }
-  return undefined;
+  return true;
+}
+
+/** The strictest requirement of the rules that apply, or undefined when none does. */
+export function stepUpRequirement(rules: readonly StepUpRule[], subject: StepUpSubject): AuthenticationRequirement | undefined {
+  return strictest(rules.filter((rule) => applies(rule, subject)));
 }

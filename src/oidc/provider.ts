@@ -21,6 +21,7 @@ import { smartScopeHooks } from './smart-scopes.ts';
 import type { TrustAnchors } from '../mtls/index.ts';
 import { mtlsEndpointAliases, ROUTES } from './endpoints.ts';
 import { mtlsFeature } from './mtls.ts';
+import { installInsufficientAuthenticationBodies } from './insufficient-authentication.ts';
 
 export interface ProviderDeps {
   config: Config;
@@ -225,6 +226,7 @@ export function buildProvider(deps: ProviderDeps): BuiltProvider {
     db, issuer: config.issuer, audit: deps.audit, jwtAccessTokens, jwks: deps.jwks, signingAlg: SIGNING_ALG,
   });
   jwtAccessTokens.install(provider);
+  installInsufficientAuthenticationBodies(provider);
 
   provider.on('server_error', (ctx: KoaContextWithOIDC, err: Error) => {
     logger.error({ err: { name: err.name, message: err.message }, path: ctx.path, requestId: ctx.state?.requestId }, 'server_error');

@@ -95,7 +95,7 @@ export interface SeedResult {
   clients: string[];
   /** Token exchange policies created or replaced (only when the seed has exchangePolicies). */
   exchangePolicies?: number;
-  /** Step-up rules (scopes) set (only when the seed has stepUpRules). */
+  /** Step-up rules (their conditions) set (only when the seed has stepUpRules). */
   stepUpRules?: string[];
 }
 
@@ -178,7 +178,7 @@ export async function applySeed(db: Db, provider: Provider, clientSecretKey: str
     for (const [index, rule] of seed.stepUpRules.entries()) {
       try {
         await setStepUpRule(tx, rule);
-        result.stepUpRules!.push(rule.scope);
+        result.stepUpRules!.push([rule.scope, rule.clientId, rule.audience].filter(Boolean).join(' '));
       } catch (err) {
         if (err instanceof StepUpRuleError) throw new SeedError(`stepUpRules.${index}: ${err.message}`);
         throw err;
