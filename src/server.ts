@@ -20,6 +20,8 @@ import { openDb, type Db } from './db/index.ts';
 import { migrate } from './db/migrate.ts';
 import { createApp, type ProviderHandle } from './http/app.ts';
 import { interactionRoutes } from './interactions/routes.ts';
+import { accountRoutes } from './interactions/account.ts';
+import { ACCOUNT_CLIENT_ID } from './oidc/account-client.ts';
 import { readRequired } from './keystore/files.ts';
 import { loadOrCreateTls, type TlsMaterial } from './keystore/pki.ts';
 import { clientCertificates, loadTrustAnchors, type TrustAnchors } from './mtls/index.ts';
@@ -30,6 +32,7 @@ import { sweepExpired } from './oidc/adapter.ts';
 import { JwtAccessTokenRegistry } from './oidc/jwt-access-tokens.ts';
 import { buildProvider, NAMED_SCOPES, CLIENT_AUTH_METHODS } from './oidc/provider.ts';
 import { sweepExpiredLaunchData } from './smart/launch-contexts.ts';
+import { sweepExpiredChallenges } from './mfa/challenges.ts';
 import { smartConfigurationRoute } from './smart/smart-configuration.ts';
 import { clientRateLimit } from './ratelimit/client-limit.ts';
 import { createRateLimiters } from './ratelimit/limiters.ts';
@@ -150,6 +153,7 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
   // Origins written with port 0 (tests) follow the listener too.
   const webauthn = { ...config.webauthn, origins: config.webauthn.origins.map((o) => new URL(withPort(o, port)).origin) };
   const effective: Config = { ...config, issuer, mtlsBaseUrl, webauthn };
+  const relyingParty = { rpId: webauthn.rpId, rpName: webauthn.rpName, origins: webauthn.origins, challengeTtlSeconds: webauthn.challengeTtlSeconds };
 
   const audit = new AuditLog(db, deriveAuditKeys(secrets.auditKey), logger);
   const storageAudit = new StorageAudit(audit);
@@ -205,7 +209,13 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
     ],
     routes: [smartConfigurationRoute({
       issuer, mtlsBaseUrl, db, namedScopes: NAMED_SCOPES, tokenEndpointAuthMethods: CLIENT_AUTH_METHODS,
-    }), interactionRoutes({ getProvider: () => current.provider, db, audit, passwordLogin: { db, throttle }, rateLimiters, logger, grantTtlSeconds: config.ttl.grant })],
+    }), interactionRoutes({
+      getProvider: () => current.provider, db, audit, passwordLogin: { db, throttle }, rateLimiters, logger, grantTtlSeconds: config.ttl.grant,
+      passkeys: { db, audit, rp: relyingParty, mfaAtLogin: webauthn.mfaAtLogin }, accountClientId: ACCOUNT_CLIENT_ID,
+    }), accountRoutes({
+      getProvider: () => current.provider, db, audit, issuer, rp: relyingParty, recentLoginSeconds: webauthn.recentLoginSeconds,
+      cookieKeys: secrets.cookieKeys,
+    })],
   }).callback();
 
   const reloadKeys = async () => {
@@ -227,6 +237,7 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
       sweepExpired(db).catch(warn('expired rows'));
       throttle.sweep().catch(warn('login throttle'));
       sweepExpiredLaunchData(db).catch(warn('launch context'));
+      sweepExpiredChallenges(db).catch(warn('webauthn challenge'));
     }, SWEEP_INTERVAL_MS),
   ];
   for (const timer of timers) timer.unref();

@@ -26,3 +26,12 @@ export function html(strings: TemplateStringsArray, ...values: unknown[]): SafeH
   });
   return new SafeHtml(out);
 }
+
+/**
+ * A JSON data block for a page script (never executed, so the CSP allows it). `<` is escaped so no
+ * value can close the element.
+ */
+export function jsonData(id: string, value: unknown): SafeHtml {
+  const json = JSON.stringify(value).replace(/</g, '\\u003c').replace(/\u2028/g, '\\u2028').replace(/\u2029/g, '\\u2029');
+  return new SafeHtml(`<script type="application/json" id="${escapeHtml(id)}">${json}</script>`);
+}

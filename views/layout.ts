@@ -1,7 +1,7 @@
 import { html, type SafeHtml } from './html.ts';
 
 // No inline script or style anywhere: the CSP forbids them. The stylesheet is served by the server.
-export function layout(title: string, body: SafeHtml): string {
+export function layout(title: string, body: SafeHtml, options: { wide?: boolean } = {}): string {
   return html`<!doctype html>
 <html lang="en">
 <head>
@@ -12,7 +12,7 @@ export function layout(title: string, body: SafeHtml): string {
 <link rel="stylesheet" href="/static/app.css">
 </head>
 <body>
-<main>
+<main${options.wide ? html` class="wide"` : ''}>
 <h1>${title}</h1>
 ${body}
 </main>

@@ -1,6 +1,8 @@
 // The koa application: request ids, security headers, health checks, our pages, then oidc-provider.
 import { randomUUID } from 'node:crypto';
 import fs from 'node:fs/promises';
+import { createRequire } from 'node:module';
+import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 import Koa from 'koa';
@@ -41,7 +43,16 @@ export interface AppDeps {
 }
 
 const REQUEST_ID = /^[A-Za-z0-9._:-]{1,128}$/;
-const STYLESHEET = fileURLToPath(new URL('../../views/static/app.css', import.meta.url));
+const require = createRequire(import.meta.url);
+// Served by the server itself (no CDN): the page stylesheet and scripts, and the WebAuthn browser library.
+const STATIC_FILES: Record<string, { file: string; type: string }> = {
+  '/static/app.css': { file: fileURLToPath(new URL('../../views/static/app.css', import.meta.url)), type: 'text/css' },
+  '/static/passkey.js': { file: fileURLToPath(new URL('../../views/static/passkey.js', import.meta.url)), type: 'application/javascript' },
+  '/static/simplewebauthn-browser.js': {
+    file: path.join(path.dirname(require.resolve('@simplewebauthn/browser')), '../dist/bundle/index.umd.min.js'),
+    type: 'application/javascript',
+  },
+};
 
 const CSP = [
   "default-src 'none'",
@@ -79,7 +90,7 @@ export function createApp(deps: AppDeps): Koa {
     }
     return middleware;
   };
-  let stylesheet: Promise<Buffer> | undefined;
+  const staticCache = new Map<string, Promise<Buffer>>();
 
   app.use(trustedProxies(deps.trustProxy, deps.trustedProxies));
 
@@ -139,11 +150,13 @@ export function createApp(deps: AppDeps): Koa {
       }
       return;
     }
-    if (ctx.path === '/static/app.css') {
-      stylesheet ??= fs.readFile(STYLESHEET);
-      ctx.type = 'text/css';
+    const file = Object.hasOwn(STATIC_FILES, ctx.path) ? STATIC_FILES[ctx.path] : undefined;
+    if (file) {
+      let content = staticCache.get(ctx.path);
+      if (!content) staticCache.set(ctx.path, content = fs.readFile(file.file));
+      ctx.type = file.type;
       ctx.set('Cache-Control', 'public, max-age=3600');
-      ctx.body = await stylesheet;
+      ctx.body = await content;
       return;
     }
     return next();

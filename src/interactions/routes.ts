@@ -15,9 +15,14 @@ import { choosablePatients, grantConsent, LaunchRefusedError, launchRequired } f
 import { loginEvent } from './login-events.ts';
 import type { AuditLog } from '../audit/log.ts';
 import { checkLoginRateLimit } from '../ratelimit/login-limit.ts';
+import { parseAuthentication, WebAuthnError } from '../mfa/webauthn.ts';
+import { listCredentials } from '../mfa/credentials.ts';
+import { authorizationRequirement } from '../oidc/step-up-check.ts';
+import { passkeyMissingPage, passkeyPromptPage } from '../../views/passkey.ts';
+import { completePasskey, needsPasskey, passkeyOptions, secondFactorFor, type AssertionCeremony, type PasskeyLoginDeps } from './passkey-login.ts';
 import type { RateLimiters } from '../ratelimit/limiters.ts';
 
-const ROUTE = /^\/interaction\/([A-Za-z0-9_-]{10,64})(?:\/(login|confirm|abort))?$/;
+const ROUTE = /^\/interaction\/([A-Za-z0-9_-]{10,64})(?:\/(login|passkey|confirm|abort))?$/;
 
 export interface InteractionDeps {
   getProvider: () => Provider;
@@ -28,6 +33,9 @@ export interface InteractionDeps {
   logger: Logger;
   /** Grant lifetime (seconds): a launch context chosen at consent lives as long as its grant. */
   grantTtlSeconds: number;
+  passkeys: PasskeyLoginDeps;
+  /** The first-party account pages' client: signed-in users are not asked to consent to it. */
+  accountClientId: string;
 }
 
 function send(ctx: Context, body: string) {
@@ -64,9 +72,50 @@ export function interactionRoutes(deps: InteractionDeps): Koa.Middleware {
       });
     };
 
+    const requirement = () => authorizationRequirement(deps.db, clientId, details.params);
+    const renderLogin = async (extra: { username?: string; error?: string; notice?: string } = {}) => loginPage({
+      action: `${base}/login`,
+      abortAction: `${base}/abort`,
+      clientName,
+      passkey: { action: `${base}/passkey`, options: await passkeyOptions(deps.passkeys, uid!, 'passwordless') },
+      ...extra,
+    });
+    const renderPasskey = async (ceremony: AssertionCeremony, userId: string, error?: string) => {
+      const user = await findUserById(deps.db, userId);
+      return passkeyPromptPage({
+        clientName,
+        userName: user?.displayName ?? user?.username ?? 'unknown user',
+        reason: ceremony === 'step_up' ? 'step_up' : 'second_factor',
+        action: `${base}/passkey`,
+        abortAction: `${base}/abort`,
+        options: await passkeyOptions(deps.passkeys, uid!, ceremony, userId),
+        error,
+      });
+    };
+    const renderMissing = async (userId: string) => {
+      const user = await findUserById(deps.db, userId);
+      return passkeyMissingPage({
+        clientName, userName: user?.displayName ?? user?.username ?? 'unknown user', accountUrl: '/account', abortAction: `${base}/abort`,
+      });
+    };
+
     if (!action && ctx.method === 'GET') {
       if (details.prompt.name === 'login') {
-        return send(ctx, loginPage({ action: `${base}/login`, abortAction: `${base}/abort`, clientName }));
+        const sessionUser = details.session?.accountId;
+        // Signing in again within a session (step-up, max_age): the passkey proves it is the same person.
+        if (sessionUser && details.prompt.reasons.some((r) => r !== 'no_session')) {
+          const has = (await listCredentials(deps.db, sessionUser)).length > 0;
+          if (has) return send(ctx, await renderPasskey('step_up', sessionUser));
+          if (needsPasskey(await requirement())) return send(ctx, await renderMissing(sessionUser));
+          return send(ctx, await renderLogin({ notice: 'Please sign in again to continue.' }));
+        }
+        return send(ctx, await renderLogin());
+      }
+      if (details.prompt.name === 'consent' && clientId === deps.accountClientId && details.session?.accountId) {
+        // First party: the account pages need only the sign-in itself (openid), no consent screen.
+        const grant = new provider.Grant({ accountId: details.session.accountId, clientId });
+        grant.addOIDCScope('openid');
+        return provider.interactionFinished(ctx.req, ctx.res, { consent: { grantId: await grant.save() } }, { mergeWithLastSubmission: true });
       }
       if (details.prompt.name === 'consent') return send(ctx, await renderConsent());
       ctx.throw(400, 'unsupported interaction prompt');
@@ -92,21 +141,44 @@ export function interactionRoutes(deps: InteractionDeps): Koa.Middleware {
       if (!limit.allowed) {
         ctx.status = 429;
         ctx.set('Retry-After', String(limit.retryAfterSeconds));
-        return send(ctx, loginPage({
-          action: `${base}/login`, abortAction: `${base}/abort`, clientName, username: username.slice(0, 63), error: LOGIN_FAILED_MESSAGE,
-        }));
+        return send(ctx, await renderLogin({ username: username.slice(0, 63), error: LOGIN_FAILED_MESSAGE }));
       }
       const outcome = await authenticatePassword(deps.passwordLogin, username, form.get('password') ?? '');
       await deps.audit.record(loginEvent(deps.audit, outcome, username, clientId));
       if (!outcome.ok) {
         ctx.status = outcome.locked ? 429 : 401;
-        return send(ctx, loginPage({
-          action: `${base}/login`, abortAction: `${base}/abort`, clientName, username: username.slice(0, 63), error: outcome.message,
-        }));
+        return send(ctx, await renderLogin({ username: username.slice(0, 63), error: outcome.message }));
       }
+      const next = await secondFactorFor(deps.passkeys, outcome.user, await requirement());
+      // The second-factor challenge, issued only now, is what remembers that the password was right.
+      if (next === 'passkey') return send(ctx, await renderPasskey('second_factor', outcome.user.id));
+      if (next === 'missing') return send(ctx, await renderMissing(outcome.user.id));
       return provider.interactionFinished(ctx.req, ctx.res, {
         login: { accountId: outcome.user.id, acr: outcome.acr, amr: [...outcome.amr], remember: false },
       }, { mergeWithLastSubmission: false });
+    }
+    if (action === 'passkey') {
+      if (details.prompt.name !== 'login') ctx.throw(400, 'interaction is not at the login step');
+      let response;
+      try {
+        response = parseAuthentication(form.get('credential'));
+      } catch (err) {
+        if (!(err instanceof WebAuthnError)) throw err;
+        ctx.status = 400;
+        return send(ctx, await renderLogin({ error: err.message }));
+      }
+      const outcome = await completePasskey(deps.passkeys, {
+        provider, uid: uid!, clientId, response,
+        sessionAccountId: details.session?.accountId,
+        sessionAmr: details.session?.amr as string[] | undefined,
+        findUser: (id) => findUserById(deps.db, id),
+      });
+      if (!outcome.ok) {
+        ctx.status = outcome.error.reason === 'malformed' ? 400 : 401;
+        if (outcome.retry) return send(ctx, await renderPasskey(outcome.retry.ceremony, outcome.retry.userId, outcome.error.message));
+        return send(ctx, await renderLogin({ error: outcome.error.message }));
+      }
+      return provider.interactionFinished(ctx.req, ctx.res, { login: { ...outcome.login, remember: false } }, { mergeWithLastSubmission: false });
     }
     // confirm
     if (details.prompt.name !== 'consent') ctx.throw(400, 'interaction is not at the consent step');

@@ -15,7 +15,7 @@ import { decodeClientDataJSON } from '@simplewebauthn/server/helpers';
 import { z } from 'zod';
 
 import type { Queryable } from '../db/index.ts';
-import { consumeChallenge, issueChallenge, type Ceremony } from './challenges.ts';
+import { consumeChallenge, issueChallenge, type Ceremony, type ConsumedChallenge } from './challenges.ts';
 import { addCredential, findCredential, MAX_CREDENTIALS_PER_USER, recordUse, type StoredCredential } from './credentials.ts';
 
 export interface RelyingParty {
@@ -40,11 +40,14 @@ export class WebAuthnError extends Error {
   readonly reason: WebAuthnRefusal;
   /** The credential concerned, when known (audit). */
   readonly credentialId: string | undefined;
+  /** The challenge this answer used up, when it was a valid one (who was signing in, in which step). */
+  issued: ConsumedChallenge | undefined;
 
-  constructor(reason: WebAuthnRefusal, message: string, credentialId?: string) {
+  constructor(reason: WebAuthnRefusal, message: string, credentialId?: string, issued?: ConsumedChallenge) {
     super(message);
     this.reason = reason;
     this.credentialId = credentialId;
+    this.issued = issued;
   }
 }
 
@@ -164,6 +167,7 @@ export async function authenticationOptions(db: Queryable, rp: RelyingParty, inp
 export interface VerifiedAssertion {
   credential: StoredCredential;
   userId: string;
+  ceremony: Ceremony;
 }
 
 /**
@@ -177,10 +181,11 @@ export async function verifyAssertion(db: Queryable, rp: RelyingParty, input: {
   // Burnt before anything else: a challenge gets one answer, right or wrong.
   const issued = await consumeChallenge(db, challenge, input.ceremonies, input.binding);
   if (!issued) throw new WebAuthnError('challenge_invalid', 'the passkey request expired or was already used; try again');
+  const refuse = (reason: WebAuthnRefusal, message: string, credentialId?: string) => new WebAuthnError(reason, message, credentialId, issued);
   const credential = await findCredential(db, input.response.id);
-  if (!credential) throw new WebAuthnError('unknown_credential', 'this passkey is not registered here');
+  if (!credential) throw refuse('unknown_credential', 'this passkey is not registered here');
   if (issued.userId !== undefined && credential.userId !== issued.userId) {
-    throw new WebAuthnError('wrong_user', 'this passkey belongs to another account', credential.id);
+    throw refuse('wrong_user', 'this passkey belongs to another account', credential.id);
   }
   let verification;
   try {
@@ -194,17 +199,17 @@ export async function verifyAssertion(db: Queryable, rp: RelyingParty, input: {
       requireUserVerification: true,
     });
   } catch {
-    throw new WebAuthnError('verification_failed', 'the passkey could not be verified', credential.id);
+    throw refuse('verification_failed', 'the passkey could not be verified', credential.id);
   }
   const { verified, authenticationInfo } = verification;
-  if (!verified || !authenticationInfo.userVerified) throw new WebAuthnError('verification_failed', 'the passkey could not be verified', credential.id);
+  if (!verified || !authenticationInfo.userVerified) throw refuse('verification_failed', 'the passkey could not be verified', credential.id);
   const next = authenticationInfo.newCounter;
   // WebAuthn §6.1.1: an authenticator that counts must count up; 0 and 0 means it does not count.
   if ((next > 0 || credential.signCount > 0) && next <= credential.signCount) {
-    throw new WebAuthnError('counter_regression', 'this passkey reported an old signature counter and may have been copied', credential.id);
+    throw refuse('counter_regression', 'this passkey reported an old signature counter and may have been copied', credential.id);
   }
   if (!await recordUse(db, credential.id, credential.signCount, next, authenticationInfo.credentialBackedUp)) {
-    throw new WebAuthnError('counter_regression', 'this passkey was used twice at once', credential.id);
+    throw refuse('counter_regression', 'this passkey was used twice at once', credential.id);
   }
-  return { credential: { ...credential, signCount: next }, userId: credential.userId };
+  return { credential: { ...credential, signCount: next }, userId: credential.userId, ceremony: issued.ceremony };
 }

@@ -21,6 +21,9 @@ import { smartScopeHooks } from './smart-scopes.ts';
 import type { TrustAnchors } from '../mtls/index.ts';
 import { mtlsEndpointAliases, ROUTES } from './endpoints.ts';
 import { mtlsFeature } from './mtls.ts';
+import { stepUpCheck } from './step-up-check.ts';
+import { accountClientMetadata } from './account-client.ts';
+import { ACR_VALUES } from '../mfa/assurance.ts';
 import { installInsufficientAuthenticationBodies } from './insufficient-authentication.ts';
 
 export interface ProviderDeps {
@@ -76,8 +79,9 @@ function tokenClaims(db: Db, contexts: GrantContexts) {
   };
 }
 
-function interactionPolicyWithLaunch() {
+function interactionPolicyFor(db: Db) {
   const policy = interactionPolicy.base();
+  policy.get('login')!.checks.add(stepUpCheck(db));
   policy.get('consent')!.checks.add(launchContextCheck());
   return policy;
 }
@@ -93,10 +97,13 @@ export function buildProvider(deps: ProviderDeps): BuiltProvider {
     jwks: deps.jwks as Configuration['jwks'],
     findAccount: accountFinder(db),
     claims: CLAIMS,
+    acrValues: [...ACR_VALUES],
     scopes: NAMED_SCOPES,
     // SMART: `launch` carries an EHR launch; `aud` names the FHIR server (it becomes the resource).
     extraParams: { launch: launchParameter(db), aud: audParameter },
-    responseTypes: ['code'],
+    // `none` only for the first-party account pages (it establishes a session, nothing else).
+    responseTypes: ['code', 'none'],
+    clients: [accountClientMetadata(config.issuer)],
     pkce: { required: () => true },
     clientAuthMethods: [...CLIENT_AUTH_METHODS],
     clientDefaults: {
@@ -151,7 +158,7 @@ export function buildProvider(deps: ProviderDeps): BuiltProvider {
     routes: ROUTES,
     // RFC 8705 §5: clients send their certificate to the mTLS listener; browsers never meet it.
     discovery: { mtls_endpoint_aliases: mtlsEndpointAliases(config.mtlsBaseUrl) },
-    interactions: { url: (_ctx, interaction) => `/interaction/${interaction.uid}`, policy: interactionPolicyWithLaunch() },
+    interactions: { url: (_ctx, interaction) => `/interaction/${interaction.uid}`, policy: interactionPolicyFor(db) },
     features: {
       devInteractions: { enabled: false },
       mTLS: mtlsFeature(deps.clientTrust ?? { certificates: [] }),
