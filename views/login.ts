@@ -21,7 +21,7 @@ ${v.notice ? html`<p class="notice">${v.notice}</p>` : ''}
 ${v.error ? html`<p class="error" role="alert">${v.error}</p>` : ''}
 <form method="post" action="${v.action}" autocomplete="on">
   <label for="username">Username</label>
-  <input id="username" name="username" type="text" autocomplete="username webauthn" autocapitalize="none" spellcheck="false" required maxlength="63" value="${v.username ?? ''}" ${v.username ? '' : html`autofocus`}>
+  <input id="username" name="username" type="text" autocomplete="username" autocapitalize="none" spellcheck="false" required maxlength="63" value="${v.username ?? ''}" ${v.username ? '' : html`autofocus`}>
   <label for="password">Password</label>
   <input id="password" name="password" type="password" autocomplete="current-password" required maxlength="256" ${v.username ? html`autofocus` : ''}>
   <button type="submit">Sign in</button>

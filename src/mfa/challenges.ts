@@ -7,6 +7,9 @@ import type { Queryable } from '../db/index.ts';
 export type Ceremony = 'registration' | 'second_factor' | 'passwordless' | 'step_up';
 
 export interface IssuedChallenge {
+  /** The random bytes, as the WebAuthn options carry them. */
+  bytes: Uint8Array<ArrayBuffer>;
+  /** base64url of the bytes: what the browser's clientDataJSON echoes. */
   challenge: string;
   expiresAt: Date;
 }
@@ -17,13 +20,14 @@ export interface ConsumedChallenge {
 }
 
 export async function issueChallenge(db: Queryable, input: { ceremony: Ceremony; binding: string; userId?: string | undefined; ttlSeconds: number }): Promise<IssuedChallenge> {
-  const challenge = randomBytes(32).toString('base64url');
+  const bytes = new Uint8Array(randomBytes(32));
+  const challenge = Buffer.from(bytes).toString('base64url');
   const { rows } = await db.query<{ expires_at: Date }>(
     `INSERT INTO webauthn_challenges (challenge, ceremony, binding, user_id, expires_at)
      VALUES ($1, $2, $3, $4, now() + make_interval(secs => $5)) RETURNING expires_at`,
     [challenge, input.ceremony, input.binding, input.userId ?? null, input.ttlSeconds],
   );
-  return { challenge, expiresAt: new Date(rows[0]!.expires_at) };
+  return { bytes, challenge, expiresAt: new Date(rows[0]!.expires_at) };
 }
 
 /**

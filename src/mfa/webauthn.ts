@@ -97,7 +97,7 @@ export async function registrationOptions(db: Queryable, rp: RelyingParty, input
   if (input.existing.length >= MAX_CREDENTIALS_PER_USER) {
     throw new WebAuthnError('too_many_credentials', `at most ${MAX_CREDENTIALS_PER_USER} passkeys per user`);
   }
-  const { challenge } = await issueChallenge(db, { ceremony: 'registration', binding: input.binding, userId: input.user.id, ttlSeconds: rp.challengeTtlSeconds });
+  const { bytes: challenge } = await issueChallenge(db, { ceremony: 'registration', binding: input.binding, userId: input.user.id, ttlSeconds: rp.challengeTtlSeconds });
   return generateRegistrationOptions({
     rpName: rp.rpName,
     rpID: rp.rpId,
@@ -153,7 +153,7 @@ export async function verifyRegistration(db: Queryable, rp: RelyingParty, input:
 export async function authenticationOptions(db: Queryable, rp: RelyingParty, input: {
   ceremony: Exclude<Ceremony, 'registration'>; binding: string; userId?: string | undefined; allow: readonly StoredCredential[];
 }): Promise<PublicKeyCredentialRequestOptionsJSON> {
-  const { challenge } = await issueChallenge(db, { ceremony: input.ceremony, binding: input.binding, userId: input.userId, ttlSeconds: rp.challengeTtlSeconds });
+  const { bytes: challenge } = await issueChallenge(db, { ceremony: input.ceremony, binding: input.binding, userId: input.userId, ttlSeconds: rp.challengeTtlSeconds });
   return generateAuthenticationOptions({
     rpID: rp.rpId,
     challenge,
