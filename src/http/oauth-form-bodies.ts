@@ -40,7 +40,8 @@ export function parseFormStrict(raw: string): FormBody {
 
 export function oauthFormBodies(): Koa.Middleware {
   return async (ctx, next) => {
-    if (ctx.method !== 'POST' || ctx.path.startsWith('/interaction/') || !ctx.is('application/x-www-form-urlencoded')) {
+    // Our own pages (interactions, account) read their forms themselves.
+    if (ctx.method !== 'POST' || ctx.path.startsWith('/interaction/') || ctx.path.startsWith('/account/') || !ctx.is('application/x-www-form-urlencoded')) {
       return next();
     }
     const charset = /;\s*charset\s*=\s*"?([^";\s]+)/i.exec(ctx.get('content-type'))?.[1];

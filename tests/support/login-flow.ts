@@ -1,4 +1,8 @@
 // Drives the real login and consent pages over HTTPS the way a browser would (cookies, redirects).
+import type {
+  AuthenticationResponseJSON, PublicKeyCredentialCreationOptionsJSON, PublicKeyCredentialRequestOptionsJSON,
+} from '@simplewebauthn/server';
+
 import type { TestServer } from './test-server.ts';
 
 export class CookieJar {
@@ -18,6 +22,18 @@ export class CookieJar {
   header(): string {
     return [...this.cookies].map(([k, v]) => `${k}=${v}`).join('; ');
   }
+}
+
+/** Answers a page's WebAuthn request options (a soft authenticator in tests). */
+export type PasskeyAnswerer = (options: PublicKeyCredentialRequestOptionsJSON) => AuthenticationResponseJSON;
+
+/** The WebAuthn options a passkey page hands its script (the JSON data block). */
+export function pageOptions(page: string, mode: 'register'): PublicKeyCredentialCreationOptionsJSON;
+export function pageOptions(page: string, mode: 'authenticate'): PublicKeyCredentialRequestOptionsJSON;
+export function pageOptions(page: string, mode: 'register' | 'authenticate'): unknown {
+  const block = new RegExp(`<script type="application/json" id="webauthn-options-${mode}">([\\s\\S]*?)</script>`).exec(page);
+  if (!block) throw new Error(`no ${mode} options on the page: ${page.slice(0, 300)}`);
+  return JSON.parse(block[1]!);
 }
 
 export interface Step {
@@ -64,13 +80,27 @@ export class Browser {
     return current;
   }
 
-  /** From an authorization URL through login and consent to the final redirect to the client. */
-  async authorize(authorizationUrl: URL, username: string, password: string, opts: { patient?: string } = {}): Promise<URL> {
-    let step = await this.follow(await this.get(authorizationUrl));
+  /**
+   * Signs in on the page `step` shows: the password form, then the passkey prompt if one follows (or
+   * the passkey alone when `password` is empty: passwordless). `passkey` answers the options a page gives.
+   */
+  async signIn(step: Step, username: string, password: string, passkey?: PasskeyAnswerer): Promise<Step> {
     const loginAction = /action="(\/interaction\/[^"]+\/login)"/.exec(step.body);
-    if (loginAction) {
+    if (loginAction && (password || !passkey)) {
       step = await this.follow(await this.post(new URL(loginAction[1]!, this.ts.issuer), { username, password }));
     }
+    const passkeyAction = /action="(\/interaction\/[^"]+\/passkey)"/.exec(step.body);
+    if (passkeyAction && passkey) {
+      const answer = passkey(pageOptions(step.body, 'authenticate'));
+      step = await this.follow(await this.post(new URL(passkeyAction[1]!, this.ts.issuer), { credential: JSON.stringify(answer) }));
+    }
+    return step;
+  }
+
+  /** From an authorization URL through login and consent to the final redirect to the client. */
+  async authorize(authorizationUrl: URL, username: string, password: string, opts: { patient?: string; passkey?: PasskeyAnswerer } = {}): Promise<URL> {
+    let step = await this.follow(await this.get(authorizationUrl));
+    step = await this.signIn(step, username, password, opts.passkey);
     const confirmAction = /action="(\/interaction\/[^"]+\/confirm)"/.exec(step.body);
     if (confirmAction) step = await this.follow(await this.post(new URL(confirmAction[1]!, this.ts.issuer), consentFields(step.body, opts.patient)));
     if (!step.location) throw new Error(`authorization did not redirect to the client (status ${step.status}): ${step.body.slice(0, 300)}`);
