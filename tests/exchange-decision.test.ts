@@ -74,10 +74,10 @@ describe('token exchange decision', () => {
   });
 
   test('step-up rules: met by the subject\'s acr, or not overlapping the request', () => {
-    const rules = [{ scope: 'patient/MedicationRequest.rs', acrValues: ['urn:clinical-authz:acr:mfa'] }];
+    const rules = [{ scope: 'patient/MedicationRequest.rs', acrValues: ['urn:clinical-authz:acr:phr'] }];
     assert.ok(decideExchange({ ...input(), stepUpRules: rules }).ok, 'labs do not overlap medication requests');
-    const labRule = [{ scope: 'patient/Observation.rs', acrValues: ['urn:clinical-authz:acr:mfa'] }];
-    assert.ok(decideExchange({ ...input({ subject: { acr: 'urn:clinical-authz:acr:mfa' } }), stepUpRules: labRule }).ok);
+    const labRule = [{ scope: 'patient/Observation.rs', acrValues: ['urn:clinical-authz:acr:phr'] }];
+    assert.ok(decideExchange({ ...input({ subject: { acr: 'urn:clinical-authz:acr:phr' } }), stepUpRules: labRule }).ok);
   });
 
   test('a chain nests act (RFC 8693 §4.1) and counts depth', () => {
@@ -120,10 +120,32 @@ describe('token exchange decision', () => {
     ['OR values in a filter', input({ request: { scope: 'patient/Observation.rs?category=laboratory,sensitive' } }), 'invalid_scope', 'or_values'],
     ['an earlier actor\'s depth limit', input({ actor: { clientId: 'lab-tool' }, subject: { clientId: 'orchestrator', act: { sub: 'orchestrator' }, depthLimit: 1 }, policy: { maxDepth: 3 } }), 'invalid_grant', 'delegation_depth'],
     ['step-up rule not met (password sign-in, labs need MFA)', { ...input({ subject: { acr: 'urn:clinical-authz:acr:pwd' } }),
-      stepUpRules: [{ scope: 'patient/Observation.r', acrValues: ['urn:clinical-authz:acr:mfa'] }] }, 'invalid_grant', 'step_up_required'],
+      stepUpRules: [{ scope: 'patient/Observation.r', acrValues: ['urn:clinical-authz:acr:phr'] }] }, 'insufficient_user_authentication', 'step_up_required'],
+    ['step-up max_age: a passkey sign-in, but too long ago', { ...input({ subject: { acr: 'urn:clinical-authz:acr:phr', authTime: NOW - 3601 } }),
+      stepUpRules: [{ scope: 'patient/Observation.r', acrValues: ['urn:clinical-authz:acr:phr'], maxAge: 3600 }] }, 'insufficient_user_authentication', 'step_up_required'],
+    ['step-up rule for the actor as client', { ...input({ subject: { acr: 'urn:clinical-authz:acr:pwd' } }),
+      stepUpRules: [{ clientId: 'orchestrator', acrValues: ['urn:clinical-authz:acr:phr'] }] }, 'insufficient_user_authentication', 'step_up_required'],
     ['step-up rule, wider request overlapping it', { ...input({ request: { scope: 'patient/*.s' }, subject: { scope: 'patient/*.rs' }, policy: { scope: 'patient/*.rs' } }),
-      stepUpRules: [{ scope: 'patient/Observation.rs?category=laboratory', acrValues: ['urn:clinical-authz:acr:mfa'] }] }, 'invalid_grant', 'step_up_required'],
+      stepUpRules: [{ scope: 'patient/Observation.rs?category=laboratory', acrValues: ['urn:clinical-authz:acr:phr'] }] }, 'insufficient_user_authentication', 'step_up_required'],
   ];
+  test('step-up refusal carries what would satisfy it (strictest acr, shortest max_age)', () => {
+    const decision = decideExchange({
+      ...input({ subject: { acr: 'urn:clinical-authz:acr:pwd', authTime: NOW - 10 } }),
+      stepUpRules: [
+        { scope: 'patient/Observation.r', acrValues: ['urn:clinical-authz:acr:pwd'], maxAge: 900 },
+        { scope: 'patient/*.rs', acrValues: ['urn:clinical-authz:acr:phr'], maxAge: 300 },
+        { scope: 'patient/MedicationRequest.rs', acrValues: ['urn:clinical-authz:acr:phr'], maxAge: 60 },
+      ],
+    });
+    assert.equal(decision.ok, false);
+    assert.deepEqual(!decision.ok && decision.requirement, { acrValues: ['urn:clinical-authz:acr:phr'], maxAge: 300 });
+    const met = decideExchange({
+      ...input({ subject: { acr: 'urn:clinical-authz:acr:phr', authTime: NOW - 10 } }),
+      stepUpRules: [{ scope: 'patient/Observation.r', acrValues: ['urn:clinical-authz:acr:phr'], maxAge: 300 }],
+    });
+    assert.ok(met.ok, 'a recent passkey sign-in meets it');
+  });
+
   for (const [name, i, error, rule] of matrix) {
     test(`refused: ${name} → ${error} (${rule})`, () => {
       assert.deepEqual(refusal(i), { error, rule });

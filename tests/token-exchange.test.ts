@@ -9,10 +9,12 @@ import { Agent, fetch as undiciFetch } from 'undici';
 
 import { startExampleFhirServer, type RunningExampleFhirServer } from '../examples/fhir-server/server.ts';
 import { TOKEN_EXCHANGE_GRANT, TOKEN_TYPE_ACCESS_TOKEN } from '../src/exchange/decision.ts';
+import { ACR_PASSWORD, ACR_PHISHING_RESISTANT } from '../src/mfa/assurance.ts';
 import { setStepUpRule } from '../src/mfa/step-up-rules.ts';
 import { x5tS256 } from '../src/mtls/index.ts';
 import { applySeed, SeedSchema } from '../src/seed/seed.ts';
-import { Browser } from './support/login-flow.ts';
+import { Browser, pageOptions, type PasskeyAnswerer } from './support/login-flow.ts';
+import { SoftAuthenticator } from './support/soft-authenticator.ts';
 import { derBase64, devCa, issueClientCertificate, type KeyPairPem } from './support/pki.ts';
 import { relyingParty } from './support/relying-party.ts';
 import {
@@ -72,14 +74,17 @@ describe('token exchange (RFC 8693)', () => {
   }
 
   /** The clinician signs in through the app (code + PKCE), token bound to the app's certificate. */
-  async function clinicianTokens(extraScope = '', audience = FHIR) {
+  async function clinicianTokens(extraScope = '', audience = FHIR, signIn: { acr_values?: string; passkey?: PasskeyAnswerer } = {}) {
     const verifier = oidc.randomPKCECodeVerifier();
     const state = oidc.randomState();
     const url = oidc.buildAuthorizationUrl(app, {
       redirect_uri: APP.redirect_uri, scope: `openid fhirUser launch/patient patient/Observation.rs${extraScope}`, aud: audience, state,
       code_challenge: await oidc.calculatePKCECodeChallenge(verifier), code_challenge_method: 'S256', prompt: 'consent',
+      ...(signIn.acr_values ? { acr_values: signIn.acr_values } : {}),
     });
-    const callback = await new Browser(ts).authorize(url, CLINICIAN.username, CLINICIAN.password, { patient: CARE_TEAM_PATIENTS[0]!.id });
+    const callback = await new Browser(ts).authorize(url, CLINICIAN.username, CLINICIAN.password, {
+      patient: CARE_TEAM_PATIENTS[0]!.id, ...(signIn.passkey ? { passkey: signIn.passkey } : {}),
+    });
     return oidc.authorizationCodeGrant(app, callback, { pkceCodeVerifier: verifier, expectedState: state });
   }
 
@@ -95,7 +100,8 @@ describe('token exchange (RFC 8693)', () => {
   }
 
   before(async () => {
-    ts = await startTestServer();
+    // Passkeys only when a request needs one: the clinician's everyday sign-in is the password.
+    ts = await startTestServer({ env: { MFA_AT_LOGIN: 'on_demand' } });
     const ca = await devCa(ts.keysDir);
     orchestrator = await issueClientCertificate(ca, ORCHESTRATOR);
     labTool = await issueClientCertificate(ca, LAB_TOOL);
@@ -320,14 +326,57 @@ describe('token exchange (RFC 8693)', () => {
       }, orchestrator, { authorization: basicAuth(SECRET_AGENT.client_id, SECRET_AGENT.client_secret) });
       await refused(res, 400, 'unauthorized_client', 'actor_mtls');
     });
-    test('step-up: labs need a stronger sign-in than the clinician\'s password → invalid_grant', async () => {
-      await setStepUpRule(ts.testDb.db, { scope: 'patient/Observation.r', acrValues: ['urn:clinical-authz:acr:mfa'] });
+    test('step-up loop (RFC 9470): password-only token refused with insufficient_user_authentication; re-authorized with the passkey it succeeds; the FHIR server challenges the weak token', async () => {
+      await setStepUpRule(ts.testDb.db, { scope: 'patient/Observation.r', acrValues: [ACR_PHISHING_RESISTANT], maxAge: 600 });
+      const key = new SoftAuthenticator();
+      const strictFhir = await startExampleFhirServer({
+        issuer: ts.issuer, audience: FHIR,
+        tls: { certPem: ts.server.tls.certPem, keyPem: ts.server.tls.keyPem, caPem: ts.server.tls.clientCaPem },
+        fetch: (url, init) => undiciFetch(url, { ...init, dispatcher: ts.dispatcher } as never),
+        stepUp: [{ resourceType: 'Observation', acrValues: [ACR_PHISHING_RESISTANT], maxAgeSeconds: 600 }],
+      });
       try {
-        await refused(await exchange(subject), 400, 'invalid_grant', 'step_up_required');
+        const weak = await clinicianTokens();
+        assert.equal(jose.decodeJwt(weak.access_token).acr, ACR_PASSWORD);
+        const res = await exchange(weak.access_token);
+        await refused(res, 400, 'insufficient_user_authentication', 'step_up_required');
+        assert.equal(res.body.acr_values, ACR_PHISHING_RESISTANT);
+        assert.equal(res.body.max_age, 600);
+
+        // The resource server says the same to the app holding the weak token (RFC 9470 §3).
+        const challenge = await undiciFetch(`${strictFhir.url}/Observation?category=laboratory`, {
+          headers: { authorization: `Bearer ${weak.access_token}` }, dispatcher: agent('app'),
+        });
+        assert.equal(challenge.status, 401);
+        const header = challenge.headers.get('www-authenticate') ?? '';
+        assert.match(header, /error="insufficient_user_authentication"/);
+        assert.match(header, new RegExp(`acr_values="${ACR_PHISHING_RESISTANT}"`));
+        assert.match(header, /max_age=600/);
+
+        // The clinician registers a passkey, the app asks again with the acr_values it was given.
+        const browser = new Browser(ts);
+        const account = await browser.signIn(await browser.follow(await browser.get(new URL('/account', ts.issuer))), CLINICIAN.username, CLINICIAN.password);
+        const csrf = /name="csrf" value="([^"]+)"/.exec(account.body)![1]!;
+        const registration = key.register(pageOptions(account.body, 'register'), { origin: new URL(ts.issuer).origin });
+        assert.equal((await browser.post(new URL('/account/passkeys', ts.issuer), { csrf, name: 'Laptop', credential: JSON.stringify(registration) })).status, 303);
+        const strong = await clinicianTokens('', FHIR, {
+          acr_values: String(res.body.acr_values),
+          passkey: (options) => key.authenticate(options, { origin: new URL(ts.issuer).origin }),
+        });
+        assert.equal(jose.decodeJwt(strong.access_token).acr, ACR_PHISHING_RESISTANT);
+        const exchanged = await exchange(strong.access_token);
+        assert.equal(exchanged.status, 200, JSON.stringify(exchanged.body));
+        assert.equal(jose.decodeJwt(String(exchanged.body.access_token)).acr, ACR_PHISHING_RESISTANT, 'the exchanged token keeps the acr');
+        const labs = await undiciFetch(`${strictFhir.url}/Observation?category=laboratory`, {
+          headers: { authorization: `Bearer ${String(exchanged.body.access_token)}` }, dispatcher: agent(orchestrator),
+        });
+        assert.equal(labs.status, 200);
       } finally {
         await ts.testDb.db.query('DELETE FROM step_up_rules');
+        await ts.testDb.db.query('DELETE FROM webauthn_credentials');
+        await strictFhir.stop();
       }
-      assert.equal((await exchange(subject)).status, 200, 'without the rule the same exchange is allowed');
+      assert.equal((await exchange(subject)).status, 200, 'without the rule a password-only token is exchanged');
     });
 
     test('actor not permitted for this subject\'s client → invalid_grant', async () => {

@@ -25,6 +25,9 @@
 //
 // Run: ISSUER=https://localhost:8443 FHIR_AUDIENCE=https://localhost:9443/r4 KEYS_DIR=keys \
 //      node --import tsx examples/fhir-server/server.ts   (PORT, HOST, BASE_PATH, INTROSPECTION_* optional)
+//   - Step-up (RFC 9470): the `stepUp` option (STEP_UP_TYPES, STEP_UP_MAX_AGE when run directly) names
+//     resource types that need a passkey sign-in; a weaker or older token gets 401
+//     insufficient_user_authentication with acr_values and max_age.
 import { readFile } from 'node:fs/promises';
 import https from 'node:https';
 import type { IncomingMessage, ServerResponse } from 'node:http';
@@ -34,6 +37,7 @@ import { pathToFileURL } from 'node:url';
 import { Agent, fetch as undiciFetch } from 'undici';
 
 import { loadOrCreateTls } from '../../src/keystore/pki.ts';
+import { ACR_PHISHING_RESISTANT } from '../../src/mfa/assurance.ts';
 import {
   createResourceVerifier,
   patientIdOf,
@@ -48,6 +52,14 @@ import {
 
 type Resource = { resourceType: string; id: string; [key: string]: unknown };
 type Params = Record<string, string | string[]>;
+
+export interface StepUpRequirement {
+  resourceType: string;
+  /** Only searches and reads in this category (e.g. `sensitive`); every one of the type when omitted. */
+  category?: string;
+  acrValues: string[];
+  maxAgeSeconds?: number;
+}
 
 export interface ExampleFhirServerOptions {
   /** Default 0 (a free port). */
@@ -70,6 +82,11 @@ export interface ExampleFhirServerOptions {
   data?: { entry?: Array<{ resource?: Resource }> };
   /** Realm of the WWW-Authenticate challenges. Default `fhir`. */
   realm?: string;
+  /**
+   * Resource types (optionally one category) that need a stronger or more recent sign-in: a weaker
+   * token gets RFC 9470's 401 insufficient_user_authentication with acr_values and max_age.
+   */
+  stepUp?: StepUpRequirement[];
   /** Called once per request with the decision (never with token values or query strings). */
   onAccess?: (event: AccessEvent) => void;
 }
@@ -157,6 +174,13 @@ export async function startExampleFhirServer(options: ExampleFhirServerOptions):
     const [type, id, ...rest] = segments;
     if (type === undefined || !store.has(type) || rest.length > 0) {
       return send(res, 404, outcome('not-found', 'unknown resource type or path'));
+    }
+    const categories = url.searchParams.getAll('category');
+    for (const rule of options.stepUp ?? []) {
+      if (rule.resourceType !== type) continue;
+      // A category rule covers searches that name it and searches that could return it (no category).
+      if (rule.category !== undefined && id === undefined && categories.length > 0 && !categories.some((c) => c.split(',').includes(rule.category!))) continue;
+      verifier.requireAuthentication(token, { acrValues: rule.acrValues, ...(rule.maxAgeSeconds !== undefined ? { maxAgeSeconds: rule.maxAgeSeconds } : {}) });
     }
     if (id !== undefined) {
       const resource = store.get(type, id);
@@ -418,6 +442,10 @@ async function main(): Promise<void> {
     tls: { certPem: tls.certPem, keyPem: tls.keyPem, caPem: tls.clientCaPem },
     fetch,
     ...(introspection ? { introspection: { ...introspection, fetch } } : {}),
+    // Demo: MedicationRequest needs a passkey sign-in within the last 15 minutes (STEP_UP_TYPES="" for none).
+    stepUp: (env.STEP_UP_TYPES ?? 'MedicationRequest').split(',').filter(Boolean).map((resourceType) => ({
+      resourceType, acrValues: [ACR_PHISHING_RESISTANT], maxAgeSeconds: Number(env.STEP_UP_MAX_AGE ?? 900),
+    })),
     onAccess: (e) => console.log(JSON.stringify({ time: new Date().toISOString(), ...e })),
   });
   console.log(`example FHIR server on ${server.url} (audience ${audience}, issuer ${issuer})`);
