@@ -327,7 +327,8 @@ describe('token exchange (RFC 8693)', () => {
       await refused(res, 400, 'unauthorized_client', 'actor_mtls');
     });
     test('step-up loop (RFC 9470): password-only token refused with insufficient_user_authentication; re-authorized with the passkey it succeeds; the FHIR server challenges the weak token', async () => {
-      await setStepUpRule(ts.testDb.db, { scope: 'patient/Observation.r', acrValues: [ACR_PHISHING_RESISTANT], maxAge: 600 });
+      // Labs for the orchestrator need a recent passkey sign-in; the app's own sign-in is not covered.
+      await setStepUpRule(ts.testDb.db, { clientId: ORCHESTRATOR, scope: 'patient/Observation.r', acrValues: [ACR_PHISHING_RESISTANT], maxAge: 600 });
       const key = new SoftAuthenticator();
       const strictFhir = await startExampleFhirServer({
         issuer: ts.issuer, audience: FHIR,

@@ -119,7 +119,10 @@ export function accountRoutes(deps: AccountDeps): Koa.Middleware {
       send(ctx, 401, errorPage('login_required', 'Sign in first.'));
       return undefined;
     }
-    if ((origin && origin !== new URL(deps.issuer).origin) || !csrfValid(s.sessionUid, form.get('csrf'))) {
+    // Our pages send no referrer, so browsers say `Origin: null`; another site's origin is refused outright.
+    // The session-bound CSRF token (and SameSite cookies) are what stop a forged form.
+    const foreign = origin !== '' && origin !== 'null' && origin !== new URL(deps.issuer).origin;
+    if (foreign || !csrfValid(s.sessionUid, form.get('csrf'))) {
       send(ctx, 403, errorPage('invalid_request', 'The form has expired or did not come from this site. Reload the page and try again.'));
       return undefined;
     }

@@ -1,11 +1,15 @@
 // Real-browser harness (playwright-core + Debian's /usr/bin/chromium) with a CDP virtual WebAuthn authenticator.
 //
-// TLS: Chromium disables WebAuthn on any page whose certificate has errors ("WebAuthn is not supported on sites
-// with TLS certificate errors", a SecurityError), and that includes Playwright's `ignoreHTTPSErrors` context
-// option and a bare `--ignore-certificate-errors`: both only click through the interstitial, the page stays
-// "not secure". What works headless here, with no extra apt package (no certutil/NSS database needed), is
-// `--ignore-certificate-errors-spki-list=<base64 SHA-256 of the leaf's SubjectPublicKeyInfo>`: Chromium then
-// treats the connection as fully valid, so `navigator.credentials.create/get` run on https://localhost:<port>.
+// TLS, checked empirically with Chromium 156 headless against the dev PKI (self-signed dev CA, leaf for localhost):
+// - Chromium rejects WebAuthn on pages with certificate errors ("NotAllowedError: WebAuthn is not supported on sites
+//   with TLS certificate errors."), e.g. a non-localhost host opened with Playwright's `ignoreHTTPSErrors`.
+//   That check is skipped for localhost, and skipped whenever a CDP virtual authenticator is attached, so
+//   `ignoreHTTPSErrors` alone happens to work for these tests, but only thanks to those exemptions.
+// - We use `--ignore-certificate-errors-spki-list=<base64 SHA-256 of the leaf's SubjectPublicKeyInfo>` instead:
+//   Chromium then treats the connection as valid (no cert error, isSecureContext true), so create/get work on
+//   https://localhost:<port> (and any other host name with that key), with or without an authenticator, while
+//   every other certificate is still verified. No NSS database/certutil (extra apt package) is needed.
+// - Without any trust, page.goto fails with net::ERR_CERT_AUTHORITY_INVALID.
 import { X509Certificate, createHash } from 'node:crypto';
 import { existsSync } from 'node:fs';
 
