@@ -9,6 +9,7 @@ import { exchangePolicyListCommand, exchangePolicyRemoveCommand, exchangePolicyS
 import { keysRotateCommand } from './commands/keys-rotate.ts';
 import { launchCreateCommand } from './commands/launch-create.ts';
 import { migrateCommand } from './commands/migrate.ts';
+import { passkeyListCommand, passkeyResetCommand } from './commands/passkey.ts';
 import { patientAddCommand } from './commands/patient-add.ts';
 import { roleSetCommand } from './commands/role-set.ts';
 import { seedCommand } from './commands/seed.ts';
@@ -19,7 +20,7 @@ const PROGRAM = 'clinical-authz';
 const COMMANDS: readonly Command[] = [
   migrateCommand, seedCommand, userAddCommand, clientAddCommand, keysRotateCommand, auditVerifyCommand, auditExportCommand,
   patientAddCommand, careTeamAddCommand, careTeamEndCommand, careTeamListCommand, launchCreateCommand, roleSetCommand,
-  exchangePolicySetCommand, exchangePolicyListCommand, exchangePolicyRemoveCommand,
+  exchangePolicySetCommand, exchangePolicyListCommand, exchangePolicyRemoveCommand, passkeyListCommand, passkeyResetCommand,
 ];
 
 // Libraries (oidc-provider notices) may write to the console: keep stdout for the JSON result.
