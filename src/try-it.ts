@@ -18,6 +18,7 @@ Clinical AuthZ is running (demo seed loaded).
   Dev CA:        ${ca}   (trust it, or use curl --cacert ${ca})
 
 Sign in as clinician:  username dr.demo   password demo-password-change-me   (care team: patients p1, p2)
+Passkeys:              ${server.issuer}/account  (add one; then sign-ins ask for it, acr urn:clinical-authz:acr:phr)
 
 1. Start the example FHIR server in another terminal:   npm run example:fhir   (${DEMO_FHIR})
 
