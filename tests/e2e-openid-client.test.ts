@@ -20,7 +20,8 @@ test('discovery publishes S256-only PKCE, code flow only, and our endpoints', as
   const metadata = config.serverMetadata();
   assert.equal(metadata.issuer, ts.issuer);
   assert.deepEqual(metadata.code_challenge_methods_supported, ['S256']);
-  assert.deepEqual(metadata.response_types_supported, ['code']);
+  // `none` only serves the first-party account pages (a session, no code or token); clients cannot register it.
+  assert.deepEqual(metadata.response_types_supported, ['code', 'none']);
   assert.ok(metadata.introspection_endpoint && metadata.revocation_endpoint && metadata.end_session_endpoint);
   assert.ok(metadata.grant_types_supported?.includes('client_credentials'));
   const jwks = await (await ts.fetch(metadata.jwks_uri!)).json() as { keys: Record<string, unknown>[] };

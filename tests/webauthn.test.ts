@@ -236,6 +236,12 @@ describe('WebAuthn passkeys', () => {
     assert.deepEqual(tokens.claims()!.amr, ['pwd']);
   });
 
+  test('response_type none is the account pages\' alone: another client registering it is refused', async () => {
+    await assert.rejects(applySeed(ts.testDb.db, ts.server.provider(), ts.server.secrets.clientSecretKey, SeedSchema.parse({
+      clients: [{ client_id: 'sneaky', token_endpoint_auth_method: 'none', response_types: ['none'], grant_types: [], redirect_uris: ['https://sneaky.test/cb'] }],
+    })), /response_types/);
+  });
+
   test('removing a passkey needs a recent passkey sign-in; audited', async () => {
     const browser = new Browser(ts);
     const page = await accountSignIn(browser, CLINICIAN.username, CLINICIAN.password, answerer(clinicianKey));

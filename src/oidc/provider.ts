@@ -22,7 +22,7 @@ import type { TrustAnchors } from '../mtls/index.ts';
 import { mtlsEndpointAliases, ROUTES } from './endpoints.ts';
 import { mtlsFeature } from './mtls.ts';
 import { stepUpCheck } from './step-up-check.ts';
-import { accountClientMetadata } from './account-client.ts';
+import { accountClientMetadata, refuseResponseTypeNone } from './account-client.ts';
 import { ACR_VALUES } from '../mfa/assurance.ts';
 import { installInsufficientAuthenticationBodies } from './insufficient-authentication.ts';
 
@@ -145,7 +145,10 @@ export function buildProvider(deps: ProviderDeps): BuiltProvider {
     allowOmittingSingleRegisteredRedirectUri: false,
     extraClientMetadata: {
       properties: [RESOURCE_SCOPE_METADATA],
-      validator: validateResourceScopeMetadata,
+      validator: (ctx, key, value, metadata) => {
+        validateResourceScopeMetadata(ctx, key, value);
+        if (key === RESOURCE_SCOPE_METADATA) refuseResponseTypeNone(metadata as Record<string, unknown>);
+      },
     },
     extraTokenClaims: tokenClaims(db, grantContexts) as Configuration['extraTokenClaims'],
     formats: {
