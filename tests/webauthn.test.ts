@@ -7,7 +7,9 @@ import { after, before, describe, test } from 'node:test';
 import * as jose from 'jose';
 import * as oidc from 'openid-client';
 
+import { findUserByUsername } from '../src/accounts/users.ts';
 import { ACR_PASSWORD, ACR_PHISHING_RESISTANT } from '../src/mfa/assurance.ts';
+import { addCredential } from '../src/mfa/credentials.ts';
 import { applySeed, SeedSchema } from '../src/seed/seed.ts';
 import { Browser, pageOptions, type PasskeyAnswerer, type Step } from './support/login-flow.ts';
 import { relyingParty } from './support/relying-party.ts';
@@ -261,3 +263,61 @@ function pageOptionsForRegistration() {
     challenge: 'c3RyYW5nZXItY2hhbGxlbmdl', pubKeyCredParams: [{ type: 'public-key' as const, alg: -7 }],
   };
 }
+
+describe('passkey changes need a recent, strong enough sign-in', () => {
+  let ts: TestServer;
+  before(async () => {
+    // Three seconds of "recent" (sign-in times are whole seconds), and passkeys only on demand, so a password-only session with a passkey exists.
+    ts = await startTestServer({ env: { RECENT_LOGIN_SECONDS: '3', MFA_AT_LOGIN: 'on_demand' } });
+  });
+  after(async () => ts?.stop());
+
+  async function refusal(type: string) {
+    const { rows } = await ts.testDb.db.query<{ rule: string }>('SELECT rule FROM audit_events WHERE type = $1 ORDER BY seq DESC LIMIT 1', [type]);
+    return rows[0]?.rule;
+  }
+
+  async function accountPage(browser: Browser): Promise<Step> {
+    return browser.signIn(await browser.follow(await browser.get(new URL('/account', ts.issuer))), CLINICIAN.username, CLINICIAN.password);
+  }
+
+  test('enrolment without a recent sign-in: no options offered, a stale answer is 403 and audited', async () => {
+    const browser = new Browser(ts);
+    const page = await accountPage(browser);
+    const options = pageOptions(page.body, 'register');
+    const csrf = /name="csrf" value="([^"]+)"/.exec(page.body)![1]!;
+    await new Promise((r) => setTimeout(r, 4100));
+    const later = await browser.get(new URL('/account', ts.issuer));
+    assert.doesNotMatch(later.body, /webauthn-options-register/, 'no registration once the sign-in is old');
+    assert.match(later.body, /Confirm it's me/);
+    const answer = new SoftAuthenticator().register(options, { origin: new URL(ts.issuer).origin });
+    const res = await browser.post(new URL('/account/passkeys', ts.issuer), { csrf, name: 'Late', credential: JSON.stringify(answer) });
+    assert.equal(res.status, 403);
+    assert.equal(await refusal('webauthn.registration_refused'), 'recent_login');
+    const { rows } = await ts.testDb.db.query('SELECT 1 FROM webauthn_credentials');
+    assert.equal(rows.length, 0, 'nothing stored');
+  });
+
+  test('a password-only session cannot remove a passkey or add another', async () => {
+    const browser = new Browser(ts);
+    const first = await accountPage(browser);
+    const csrf = /name="csrf" value="([^"]+)"/.exec(first.body)![1]!;
+    // A passkey exists (added elsewhere); this session signed in with the password only.
+    const user = (await findUserByUsername(ts.testDb.db, CLINICIAN.username))!;
+    await addCredential(ts.testDb.db, {
+      id: 'existing-credential-0000000000', userId: user.id, publicKey: new Uint8Array([1]), signCount: 0, transports: [],
+      deviceType: 'singleDevice', backedUp: false, aaguid: undefined, name: 'Phone',
+    });
+    const page = await browser.get(new URL('/account', ts.issuer));
+    assert.doesNotMatch(page.body, /Remove<\/button>/);
+    assert.doesNotMatch(page.body, /webauthn-options-register/);
+    const removed = await browser.post(new URL('/account/passkeys/delete', ts.issuer), { csrf, id: 'existing-credential-0000000000' });
+    assert.equal(removed.status, 403);
+    assert.equal(await refusal('webauthn.removal_refused'), 'recent_passkey_login');
+    const added = await browser.post(new URL('/account/passkeys', ts.issuer), { csrf, name: 'Second', credential: '{}' });
+    assert.equal(added.status, 403);
+    assert.equal(await refusal('webauthn.registration_refused'), 'recent_login');
+    const { rows } = await ts.testDb.db.query('SELECT id FROM webauthn_credentials');
+    assert.equal(rows.length, 1, 'the passkey is still there');
+  });
+});
