@@ -8,6 +8,8 @@ const boolean = z.enum(['true', 'false', '1', '0']).transform((v) => v === 'true
 const seconds = z.coerce.number().int().positive();
 /** No access token, whatever its resource server, lives longer than this. */
 export const MAX_ACCESS_TOKEN_TTL = 3600;
+/** Hard maximum of an emergency access, whatever the configuration says. */
+export const MAX_BREAK_GLASS_TTL = 3600;
 
 const EnvSchema = z.object({
   NODE_ENV: z.enum(['development', 'production', 'test']).default('development'),
@@ -65,6 +67,14 @@ const EnvSchema = z.object({
   MFA_AT_LOGIN: z.enum(['enrolled', 'on_demand']).default('enrolled'),
   /** Adding or removing a passkey needs a sign-in at most this old (seconds). */
   RECENT_LOGIN_SECONDS: seconds.max(3600).default(300),
+  /** Lifetime (seconds) of an emergency (break-glass) access: its grant and access token. */
+  BREAK_GLASS_TTL: seconds.max(MAX_BREAK_GLASS_TTL).default(900),
+  /** Emergency accesses one user may open per 24 hours (0: nobody may break the glass). */
+  BREAK_GLASS_DAILY_LIMIT: z.coerce.number().int().min(0).max(100).default(3),
+  /** The privacy office's webhook: every emergency access is announced there (signed, retried). */
+  BREAK_GLASS_WEBHOOK_URL: z.url().optional(),
+  /** Standard Webhooks signing secret (`whsec_` + base64 of at least 24 random bytes). */
+  BREAK_GLASS_WEBHOOK_SECRET: z.string().regex(/^whsec_[A-Za-z0-9+/]{32,}={0,2}$/, 'must be whsec_ followed by base64 of at least 24 bytes').optional(),
   /** Shared rate-limit counters in Redis instead of PostgreSQL. */
   REDIS_URL: z.string().min(1).optional(),
   RATE_LIMIT_ENABLED: boolean.default(true),
@@ -120,6 +130,11 @@ export interface Config {
     mfaAtLogin: 'enrolled' | 'on_demand';
     recentLoginSeconds: number;
   };
+  breakGlass: {
+    ttlSeconds: number;
+    dailyLimit: number;
+    webhook: { url: string; secret: string } | undefined;
+  };
   redisUrl: string | undefined;
   rateLimit: {
     enabled: boolean;
@@ -149,6 +164,9 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
   }
   if (e.CLIENT_CERT_HEADER !== 'none' && !e.TRUSTED_PROXIES) {
     throw new ConfigError('CLIENT_CERT_HEADER needs TRUSTED_PROXIES (the proxies whose certificate headers are believed)');
+  }
+  if (e.BREAK_GLASS_WEBHOOK_URL && !e.BREAK_GLASS_WEBHOOK_SECRET) {
+    throw new ConfigError('BREAK_GLASS_WEBHOOK_URL needs BREAK_GLASS_WEBHOOK_SECRET (notifications are signed)');
   }
   const issuer = e.ISSUER.replace(/\/+$/, '');
   const issuerUrl = new URL(issuer);
@@ -192,6 +210,11 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       mfaAtLogin: e.MFA_AT_LOGIN,
       recentLoginSeconds: e.RECENT_LOGIN_SECONDS,
     },
+    breakGlass: {
+      ttlSeconds: e.BREAK_GLASS_TTL,
+      dailyLimit: e.BREAK_GLASS_DAILY_LIMIT,
+      webhook: e.BREAK_GLASS_WEBHOOK_URL ? { url: e.BREAK_GLASS_WEBHOOK_URL, secret: e.BREAK_GLASS_WEBHOOK_SECRET ?? '' } : undefined,
+    },
     redisUrl: e.REDIS_URL,
     rateLimit: {
       enabled: e.RATE_LIMIT_ENABLED,
@@ -228,6 +251,9 @@ function assertProductionSafe(config: Config): void {
   }
   if (!config.databaseUrl) {
     throw new ConfigError('production requires DATABASE_URL (the embedded database is for development only)');
+  }
+  if (config.breakGlass.webhook && !config.breakGlass.webhook.url.startsWith('https://')) {
+    throw new ConfigError('production requires an https:// BREAK_GLASS_WEBHOOK_URL');
   }
   if (config.demoSeed) {
     throw new ConfigError('production refuses DEMO_SEED=true');

@@ -14,6 +14,8 @@ export interface User {
   fhirUser: string | null;
   roles: string[];
   disabled: boolean;
+  /** An administrator took the break-glass path away from this user. */
+  breakGlassDisabled: boolean;
 }
 
 interface UserRow extends Record<string, unknown> {
@@ -24,6 +26,7 @@ interface UserRow extends Record<string, unknown> {
   fhir_user: string | null;
   roles: string[];
   disabled: boolean;
+  break_glass_disabled: boolean;
 }
 
 const fromRow = (r: UserRow): User => ({
@@ -34,6 +37,7 @@ const fromRow = (r: UserRow): User => ({
   fhirUser: r.fhir_user,
   roles: r.roles,
   disabled: r.disabled,
+  breakGlassDisabled: r.break_glass_disabled,
 });
 
 export const USERNAME_PATTERN = /^[a-z0-9][a-z0-9._@-]{1,62}$/;
