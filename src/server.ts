@@ -33,6 +33,8 @@ import { JwtAccessTokenRegistry } from './oidc/jwt-access-tokens.ts';
 import { buildProvider, NAMED_SCOPES, CLIENT_AUTH_METHODS } from './oidc/provider.ts';
 import { sweepExpiredLaunchData } from './smart/launch-contexts.ts';
 import { sweepExpiredChallenges } from './mfa/challenges.ts';
+import { breakGlassNotifier } from './break-glass/notification.ts';
+import { WebhookDispatcher } from './notifications/webhook.ts';
 import { smartConfigurationRoute } from './smart/smart-configuration.ts';
 import { clientRateLimit } from './ratelimit/client-limit.ts';
 import { createRateLimiters } from './ratelimit/limiters.ts';
@@ -176,6 +178,13 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
     logger.info({ seedFile, users: seeded.users.length, clients: seeded.clients.length }, 'empty database seeded');
   }
 
+  // The privacy office's webhook: queued with each emergency access, delivered and retried in the background.
+  const webhooks = config.breakGlass.webhook
+    ? new WebhookDispatcher({ db, secret: config.breakGlass.webhook.secret, logger, audit })
+    : undefined;
+  webhooks?.start();
+  const breakGlassNotifications = breakGlassNotifier(config.breakGlass.webhook, webhooks);
+
   const throttle = new LoginThrottle(db, secrets.auditKey, {
     maxFailures: config.login.maxFailures, lockSeconds: config.login.lockSeconds, baseDelayMs: 250, maxDelayMs: 4_000,
   });
@@ -212,6 +221,10 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
     }), interactionRoutes({
       getProvider: () => current.provider, db, audit, passwordLogin: { db, throttle }, rateLimiters, logger, grantTtlSeconds: config.ttl.grant,
       passkeys: { db, audit, rp: relyingParty, mfaAtLogin: webauthn.mfaAtLogin }, accountClientId: ACCOUNT_CLIENT_ID,
+      breakGlass: {
+        db, audit, rp: relyingParty, ttlSeconds: config.breakGlass.ttlSeconds, dailyLimit: config.breakGlass.dailyLimit,
+        ...breakGlassNotifications,
+      },
     }), accountRoutes({
       getProvider: () => current.provider, db, audit, issuer, rp: relyingParty, recentLoginSeconds: webauthn.recentLoginSeconds,
       cookieKeys: secrets.cookieKeys,
@@ -257,6 +270,7 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
     reloadKeys,
     async stop() {
       for (const timer of timers) clearInterval(timer);
+      await webhooks?.stop();
       await Promise.all([closeServer(browserServer), closeServer(mtlsServer)]);
       await rateLimiters.close();
       if (ownsDb) await db.close();

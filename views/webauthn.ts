@@ -14,6 +14,8 @@ export interface PasskeyForm {
   /** Registration: ask for a name for the passkey. */
   askName?: boolean | undefined;
   secondary?: boolean | undefined;
+  /** More fields posted with the answer (e.g. the break-glass statement), shown above the button. */
+  fields?: SafeHtml | undefined;
 }
 
 export function passkeyForm(f: PasskeyForm): SafeHtml {
@@ -24,6 +26,7 @@ ${jsonData(`webauthn-options-${f.mode}`, f.options)}
   <input type="hidden" name="credential" value="">
   ${f.askName ? html`<label for="passkey-name">Name for this passkey</label>
   <input id="passkey-name" name="name" type="text" maxlength="64" required value="Passkey" autocomplete="off">` : ''}
+  ${f.fields ?? ''}
   <button type="submit" class="${f.secondary ? 'secondary' : ''}">${f.label}</button>
 </form>`;
 }

@@ -3,6 +3,9 @@
 // one line on stderr. Exit codes: 0 success, 1 failure, 2 usage error.
 import { auditExportCommand } from './commands/audit-export.ts';
 import { auditVerifyCommand } from './commands/audit-verify.ts';
+import {
+  breakGlassDisableCommand, breakGlassEnableCommand, breakGlassListCommand, breakGlassReviewCommand, breakGlassRevokeCommand,
+} from './commands/break-glass.ts';
 import { careTeamAddCommand, careTeamEndCommand, careTeamListCommand } from './commands/care-team.ts';
 import { clientAddCommand } from './commands/client-add.ts';
 import { exchangePolicyListCommand, exchangePolicyRemoveCommand, exchangePolicySetCommand } from './commands/exchange-policy.ts';
@@ -21,6 +24,7 @@ const COMMANDS: readonly Command[] = [
   migrateCommand, seedCommand, userAddCommand, clientAddCommand, keysRotateCommand, auditVerifyCommand, auditExportCommand,
   patientAddCommand, careTeamAddCommand, careTeamEndCommand, careTeamListCommand, launchCreateCommand, roleSetCommand,
   exchangePolicySetCommand, exchangePolicyListCommand, exchangePolicyRemoveCommand, passkeyListCommand, passkeyResetCommand,
+  breakGlassListCommand, breakGlassReviewCommand, breakGlassDisableCommand, breakGlassEnableCommand, breakGlassRevokeCommand,
 ];
 
 // Libraries (oidc-provider notices) may write to the console: keep stdout for the JSON result.

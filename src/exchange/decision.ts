@@ -3,6 +3,7 @@
 // the RFC error and the name of the rule that decided. The grant handler gathers the facts and mints.
 import { unmetBy, type AuthenticationRequirement } from '../mfa/assurance.ts';
 import { stepUpRequirement, type StepUpRule } from '../mfa/step-up-rules.ts';
+import { isReadOnlyPatientScope } from '../break-glass/scopes.ts';
 import { covers, parseScopeList, patientSelectingFilter, type ParsedScope, type ResourceScope } from '../smart/scopes.ts';
 
 export const TOKEN_TYPE_ACCESS_TOKEN = 'urn:ietf:params:oauth:token-type:access_token';
@@ -44,6 +45,8 @@ export interface SubjectTokenFacts {
   /** RFC 8693 §4.4: the parties the subject token allows to act for it (client ids). */
   mayAct?: readonly string[] | undefined;
   breakGlass?: boolean | undefined;
+  /** For a break-glass subject: its emergency access is still live (not expired, not revoked). */
+  breakGlassActive?: boolean | undefined;
   /** The deepest chain an earlier actor's policy allowed (carried in exchanged tokens). */
   depthLimit?: number | undefined;
   /** The patient in context is (still) on the clinician's care team; undefined when there is no patient. */
@@ -172,6 +175,14 @@ export function decideExchange(input: ExchangeDecisionInput): ExchangeDecision {
   }
   if (subject.breakGlass && !policy.allowBreakGlass) {
     return refuse('invalid_grant', 'break_glass_not_allowed', 'break-glass tokens may not be exchanged by this actor');
+  }
+  if (subject.breakGlass && !subject.breakGlassActive) {
+    return refuse('invalid_grant', 'break_glass_ended', 'the emergency access of the subject token has ended');
+  }
+  if (subject.breakGlass) {
+    // An emergency access stays what it was: reading one patient's record.
+    const widening = requested.find((scope) => !isReadOnlyPatientScope(scope));
+    if (widening) return refuse('invalid_scope', 'break_glass_read_only', `break-glass tokens exchange for patient read scopes only: ${widening.text}`);
   }
   const depth = chain.length + 1;
   // Every policy along the chain bounds it: a later actor cannot re-delegate beyond an earlier one's limit.

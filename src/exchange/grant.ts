@@ -15,6 +15,7 @@ import { usableCertificate } from '../oidc/mtls.ts';
 import { listStepUpRules } from '../mfa/step-up-rules.ts';
 import { InsufficientUserAuthentication } from '../oidc/insufficient-authentication.ts';
 import { isOnCareTeam } from '../smart/care-team.ts';
+import { activeBreakGlass, recordBreakGlassToken } from '../break-glass/events.ts';
 import { parseScopeList, patientSelectingFilter } from '../smart/scopes.ts';
 import { findResourceServer } from '../oidc/resource-servers.ts';
 import {
@@ -107,6 +108,8 @@ export function registerTokenExchange(provider: Provider, deps: TokenExchangeDep
     const grant = typeof record.grantId === 'string' ? await provider.Grant.find(record.grantId) : undefined;
     if (!grant || !record.accountId) return inactive;
     const extra = record.extra ?? {};
+    const breakGlassId = extra.break_glass === true && typeof extra.break_glass_id === 'string' ? extra.break_glass_id : undefined;
+    const breakGlassActive = breakGlassId ? !!await activeBreakGlass(deps.db, breakGlassId) : false;
     return {
       record,
       ref: found.ref,
@@ -122,9 +125,11 @@ export function registerTokenExchange(provider: Provider, deps: TokenExchangeDep
         act: asAct(extra.act),
         mayAct: mayActOf(extra.may_act),
         breakGlass: extra.break_glass === true,
+        breakGlassActive,
         depthLimit: typeof extra[DEPTH_LIMIT_CLAIM] === 'number' ? extra[DEPTH_LIMIT_CLAIM] : undefined,
+        // A live emergency access stands in for the care team (for its one patient, read-only).
         patientOnCareTeam: typeof extra.patient === 'string'
-          ? await isOnCareTeam(deps.db, String(record.accountId), extra.patient)
+          ? breakGlassActive || await isOnCareTeam(deps.db, String(record.accountId), extra.patient)
           : undefined,
       },
     };
@@ -217,7 +222,7 @@ export function registerTokenExchange(provider: Provider, deps: TokenExchangeDep
         [DEPTH_LIMIT_CLAIM]: decision.depthLimit,
         ...(subject.facts.patient ? { patient: subject.facts.patient } : {}),
         // Restrictions of the subject travel on: a later actor meets them too.
-        ...Object.fromEntries(['fhirUser', 'acr', 'amr', 'auth_time', 'may_act', 'break_glass']
+        ...Object.fromEntries(['fhirUser', 'acr', 'amr', 'auth_time', 'may_act', 'break_glass', 'break_glass_id', 'purpose_of_use']
           .filter((k) => extra[k] !== undefined).map((k) => [k, extra[k]])),
       },
     });
@@ -240,6 +245,15 @@ export function registerTokenExchange(provider: Provider, deps: TokenExchangeDep
       await revokeWholeGrant(deps.db, childId);
       await deps.audit?.record({ type: 'exchange.refused', outcome: 'denied', severity: 'warning', rule: 'subject_revoked_during_exchange', ...event });
       throw ERRORS.invalid_grant('subject token is not active');
+    }
+
+    if (extra.break_glass === true && typeof extra.break_glass_id === 'string') {
+      // "Which tokens followed" an emergency access includes what workloads exchanged it for.
+      const tokenRef = resourceServer!.accessTokenFormat === 'jwt' ? String(token.jti) : deps.audit?.pseudonym('token', value) ?? 'unrecorded';
+      await recordBreakGlassToken(deps.db, extra.break_glass_id, {
+        tokenRef, kind: 'exchanged_token', clientId: client.clientId, audience: decision.audience, scope: decision.scope,
+        expiresAt: new Date((Math.floor(Date.now() / 1000) + token.expiration) * 1000),
+      });
     }
 
     ctx.body = {

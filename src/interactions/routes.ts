@@ -21,8 +21,14 @@ import { authorizationRequirement } from '../oidc/step-up-check.ts';
 import { passkeyMissingPage, passkeyPromptPage } from '../../views/passkey.ts';
 import { completePasskey, needsPasskey, passkeyOptions, secondFactorFor, type AssertionCeremony, type PasskeyLoginDeps } from './passkey-login.ts';
 import type { RateLimiters } from '../ratelimit/limiters.ts';
+import { breakGlassPage } from '../../views/break-glass.ts';
+import { clientMayBreakGlass } from '../oidc/break-glass-grants.ts';
+import { resolveLaunchFor } from '../oidc/launch-context.ts';
+import { isOnCareTeam } from '../smart/care-team.ts';
+import { describeScopeList } from './scope-descriptions.ts';
+import { breakGlassContext, breakGlassPasskeyOptions, BreakGlassRefusal, openBreakGlass, type BreakGlassDeps } from './break-glass.ts';
 
-const ROUTE = /^\/interaction\/([A-Za-z0-9_-]{10,64})(?:\/(login|passkey|confirm|abort))?$/;
+const ROUTE = /^\/interaction\/([A-Za-z0-9_-]{10,64})(?:\/(login|passkey|confirm|abort|break-glass))?$/;
 
 export interface InteractionDeps {
   getProvider: () => Provider;
@@ -36,6 +42,7 @@ export interface InteractionDeps {
   passkeys: PasskeyLoginDeps;
   /** The first-party account pages' client: signed-in users are not asked to consent to it. */
   accountClientId: string;
+  breakGlass: BreakGlassDeps;
 }
 
 function send(ctx: Context, body: string) {
@@ -60,6 +67,7 @@ export function interactionRoutes(deps: InteractionDeps): Koa.Middleware {
     const renderConsent = async (error?: string) => {
       const user = details.session?.accountId ? await findUserById(deps.db, details.session.accountId) : undefined;
       const launch = launchRequired(details);
+      const outside = launch === 'ehr' && user ? await launchOutsideCareTeam(user.id) : false;
       return consentPage({
         action: `${base}/confirm`,
         abortAction: `${base}/abort`,
@@ -68,6 +76,41 @@ export function interactionRoutes(deps: InteractionDeps): Koa.Middleware {
         items: describeScopes(details),
         patients: launch === 'standalone' ? await choosablePatients(deps.db, details) : undefined,
         launchPatient: launch === 'ehr',
+        launchOutsideCareTeam: outside,
+        breakGlassUrl: launch && clientMayBreakGlass(client as never) ? `${base}/break-glass` : undefined,
+        error,
+      });
+    };
+    const launchOutsideCareTeam = async (userId: string) => {
+      try {
+        const launch = await resolveLaunchFor(deps.db, details.params.launch, clientId, userId);
+        return !await isOnCareTeam(deps.db, userId, launch.patientId);
+      } catch {
+        return false; // an invalid launch is refused (and said so) when the form is posted
+      }
+    };
+    const renderBreakGlass = async (form?: Map<string, string>, refusal?: BreakGlassRefusal) => {
+      const user = details.session?.accountId ? await findUserById(deps.db, details.session.accountId) : undefined;
+      let context;
+      let error = refusal?.message;
+      try {
+        context = await breakGlassContext(deps.breakGlass, details, client as never);
+      } catch (err) {
+        if (!(err instanceof BreakGlassRefusal)) throw err;
+        ctx.status = err.status;
+        error = err.message;
+      }
+      return breakGlassPage({
+        action: `${base}/break-glass`,
+        abortAction: `${base}/abort`,
+        backUrl: base,
+        clientName,
+        userName: user?.displayName ?? user?.username ?? 'unknown user',
+        items: describeScopeList(context?.scopes ?? []),
+        launch: context?.kind ?? 'standalone',
+        ttlMinutes: Math.round(deps.breakGlass.ttlSeconds / 60),
+        options: context ? await breakGlassPasskeyOptions(deps.breakGlass, uid!, context.user.id) : undefined,
+        values: form && { patient: form.get('patient')?.slice(0, 64), reason: form.get('reason'), justification: form.get('justification')?.slice(0, 2000) },
         error,
       });
     };
@@ -119,6 +162,10 @@ export function interactionRoutes(deps: InteractionDeps): Koa.Middleware {
       }
       if (details.prompt.name === 'consent') return send(ctx, await renderConsent());
       ctx.throw(400, 'unsupported interaction prompt');
+    }
+    if (action === 'break-glass' && ctx.method === 'GET') {
+      if (details.prompt.name !== 'consent') ctx.throw(400, 'interaction is not at the consent step');
+      return send(ctx, await renderBreakGlass());
     }
     if (ctx.method !== 'POST' || !action) {
       ctx.status = 405;
@@ -179,6 +226,28 @@ export function interactionRoutes(deps: InteractionDeps): Koa.Middleware {
         return send(ctx, await renderLogin({ error: outcome.error.message }));
       }
       return provider.interactionFinished(ctx.req, ctx.res, { login: { ...outcome.login, remember: false } }, { mergeWithLastSubmission: false });
+    }
+    if (action === 'break-glass') {
+      if (details.prompt.name !== 'consent') ctx.throw(400, 'interaction is not at the consent step');
+      let result;
+      try {
+        result = await openBreakGlass(deps.breakGlass, { provider, details, uid: uid!, client: client as never, form });
+      } catch (err) {
+        if (!(err instanceof BreakGlassRefusal)) throw err;
+        await deps.audit.record({
+          type: 'break_glass.refused',
+          outcome: 'denied',
+          // Trying past the limit or while barred is what a reviewer must see first.
+          severity: err.rule === 'limit_exceeded' || err.rule === 'user_disabled' ? 'high' : 'warning',
+          rule: err.rule,
+          actor: { userId: details.session?.accountId, clientId },
+          target: { patientId: err.patientId },
+        });
+        const page = await renderBreakGlass(form, err);
+        ctx.status = err.status;
+        return send(ctx, page);
+      }
+      return provider.interactionFinished(ctx.req, ctx.res, result, { mergeWithLastSubmission: true });
     }
     // confirm
     if (details.prompt.name !== 'consent') ctx.throw(400, 'interaction is not at the consent step');

@@ -46,3 +46,7 @@ export function describeScopes(details: Details): string[] {
   }
   return lines.length ? lines : ['Continue with the access you granted before'];
 }
+
+export function describeScopeList(scopes: readonly string[]): string[] {
+  return scopes.map(describeScope);
+}

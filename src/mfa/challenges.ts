@@ -4,7 +4,7 @@ import { randomBytes } from 'node:crypto';
 
 import type { Queryable } from '../db/index.ts';
 
-export type Ceremony = 'registration' | 'second_factor' | 'passwordless' | 'step_up';
+export type Ceremony = 'registration' | 'second_factor' | 'passwordless' | 'step_up' | 'break_glass';
 
 export interface IssuedChallenge {
   /** The random bytes, as the WebAuthn options carry them. */

@@ -86,9 +86,12 @@ export function launchContextCheck(): InstanceType<typeof interactionPolicy.Chec
 export class GrantContexts {
   readonly #db: Queryable;
   readonly #cache = new WeakMap<object, Map<string, Promise<GrantLaunchContext | undefined>>>();
+  /** Access to the grant's patient besides the care team: a live emergency (break-glass) access. */
+  readonly #emergencyAccess: ((ctx: object | undefined, grantId: string | undefined) => Promise<boolean>) | undefined;
 
-  constructor(db: Queryable) {
+  constructor(db: Queryable, emergencyAccess?: (ctx: object | undefined, grantId: string | undefined) => Promise<boolean>) {
     this.#db = db;
+    this.#emergencyAccess = emergencyAccess;
   }
 
   find(ctx: object | undefined, grantId: string | undefined): Promise<GrantLaunchContext | undefined> {
@@ -104,13 +107,16 @@ export class GrantContexts {
   /**
    * Claims an access token of this grant carries: the patient in context (SMART `patient`), only when
    * the authorization it comes from needs a patient, and only while that patient is still on the
-   * clinician's care team (checked at every issue, refresh included: leaving the team ends access).
+   * clinician's care team (checked at every issue, refresh included: leaving the team ends access), or
+   * while the grant's emergency access lasts.
    */
   async claims(ctx: object | undefined, token: { grantId?: string | undefined; accountId?: string | undefined }, sourceScope: string | undefined): Promise<Record<string, unknown>> {
     if (!needsPatientContext(sourceScope)) return {};
     const context = await this.find(ctx, token.grantId);
     if (!context) return {};
-    if (!token.accountId || !await isOnCareTeam(this.#db, token.accountId, context.patientId)) {
+    const allowed = !!token.accountId && (await isOnCareTeam(this.#db, token.accountId, context.patientId)
+      || !!await this.#emergencyAccess?.(ctx, token.grantId));
+    if (!allowed) {
       throw new errors.InvalidGrant('the patient in context is no longer on the clinician\'s care team');
     }
     return { patient: context.patientId, ...(context.encounterId ? { encounter: context.encounterId } : {}) };

@@ -25,6 +25,7 @@ import { stepUpCheck } from './step-up-check.ts';
 import { accountClientMetadata, refuseResponseTypeNone } from './account-client.ts';
 import { ACR_VALUES } from '../mfa/assurance.ts';
 import { installInsufficientAuthenticationBodies } from './insufficient-authentication.ts';
+import { BREAK_GLASS_METADATA, BreakGlassGrants, validateBreakGlassMetadata } from './break-glass-grants.ts';
 
 export interface ProviderDeps {
   config: Config;
@@ -46,6 +47,7 @@ export interface ProviderDeps {
 export interface BuiltProvider {
   provider: Provider;
   jwtAccessTokens: JwtAccessTokenRegistry;
+  breakGlass: BreakGlassGrants;
 }
 
 export const SIGNING_ALG = 'ES256';
@@ -63,7 +65,7 @@ type TokenForClaims = { extra?: Record<string, unknown>; grantId?: string; accou
 // Everything a token carries beyond the standard payload travels in token.extra; the default
 // extraTokenClaims would replace it, so keep it and add the authentication context of the source,
 // the clinician's FHIR identity and the patient in context (SMART).
-function tokenClaims(db: Db, contexts: GrantContexts) {
+function tokenClaims(db: Db, contexts: GrantContexts, breakGlass: BreakGlassGrants) {
   return async (ctx: KoaContextWithOIDC, token: TokenForClaims) => {
     const source = ctx?.oidc?.entities?.AuthorizationCode ?? ctx?.oidc?.entities?.RefreshToken;
     const claims: Record<string, unknown> = {};
@@ -75,6 +77,7 @@ function tokenClaims(db: Db, contexts: GrantContexts) {
       if (user?.fhirUser) claims.fhirUser = user.fhirUser;
     }
     Object.assign(claims, await contexts.claims(ctx, token, source?.scope));
+    Object.assign(claims, await breakGlass.claims(ctx, token));
     return { ...claims, ...(token.extra ?? {}) };
   };
 }
@@ -89,8 +92,9 @@ function interactionPolicyFor(db: Db) {
 export function buildProvider(deps: ProviderDeps): BuiltProvider {
   const { config, db, logger } = deps;
   const jwtAccessTokens = deps.jwtAccessTokens ?? new JwtAccessTokenRegistry(db, deps.storageAudit);
-  const smartScopes = smartScopeHooks(db);
-  const grantContexts = new GrantContexts(db);
+  const breakGlass = new BreakGlassGrants(db, deps.audit);
+  const smartScopes = smartScopeHooks(db, { isEmergency: (ctx) => breakGlass.isEmergency(ctx) });
+  const grantContexts = new GrantContexts(db, (ctx, grantId) => breakGlass.grantsPatientAccess(ctx, grantId));
 
   const configuration: Configuration = {
     adapter: createAdapter(db, deps.storageAudit),
@@ -128,7 +132,12 @@ export function buildProvider(deps: ProviderDeps): BuiltProvider {
     },
     ttl: {
       // A resource server may ask for shorter tokens, never longer than the configured cap.
-      AccessToken: (_ctx, token) => Math.min(token.resourceServer?.accessTokenTTL ?? Infinity, config.ttl.accessToken),
+      AccessToken: (ctx, token) => {
+        const capped = token.resourceServer?.accessTokenTTL ?? Infinity;
+        // An emergency token lives exactly as long as its access (BREAK_GLASS_TTL, at most an hour), no longer.
+        const emergency = breakGlass.accessTokenTtl(ctx);
+        return Math.max(1, Math.min(capped, emergency ?? config.ttl.accessToken));
+      },
       AuthorizationCode: config.ttl.authorizationCode,
       ClientCredentials: (_ctx, token) => Math.min(token.resourceServer?.accessTokenTTL ?? Infinity, config.ttl.clientCredentials),
       IdToken: config.ttl.idToken,
@@ -142,15 +151,18 @@ export function buildProvider(deps: ProviderDeps): BuiltProvider {
       Grant: config.ttl.grant,
     },
     rotateRefreshToken: true,
+    issueRefreshToken: breakGlass.issueRefreshToken() as Configuration['issueRefreshToken'],
+    loadExistingGrant: breakGlass.loadExistingGrant() as Configuration['loadExistingGrant'],
     allowOmittingSingleRegisteredRedirectUri: false,
     extraClientMetadata: {
-      properties: [RESOURCE_SCOPE_METADATA],
+      properties: [RESOURCE_SCOPE_METADATA, BREAK_GLASS_METADATA],
       validator: (ctx, key, value, metadata) => {
         validateResourceScopeMetadata(ctx, key, value);
+        validateBreakGlassMetadata(key, value);
         if (key === RESOURCE_SCOPE_METADATA) refuseResponseTypeNone(metadata as Record<string, unknown>);
       },
     },
-    extraTokenClaims: tokenClaims(db, grantContexts) as Configuration['extraTokenClaims'],
+    extraTokenClaims: tokenClaims(db, grantContexts, breakGlass) as Configuration['extraTokenClaims'],
     formats: {
       customizers: {
         jwt: async (_ctx, token, jwt) => {
@@ -212,6 +224,8 @@ export function buildProvider(deps: ProviderDeps): BuiltProvider {
         getResourceServerInfo: async (ctx, indicator, client) => {
           // Granted = requested ∩ resource server ∩ client ceiling ∩ user role (src/smart/scope-policy.ts).
           const { server: rs, scope } = await smartScopes.resourceServerInfo(ctx, indicator, client);
+          // An emergency grant's token request: refused once the access ended; its lifetime set here.
+          await breakGlass.forTokenRequest(ctx);
           return {
             scope,
             audience: rs.identifier,
@@ -242,5 +256,5 @@ export function buildProvider(deps: ProviderDeps): BuiltProvider {
     logger.error({ err: { name: err.name, message: err.message }, path: ctx.path, requestId: ctx.state?.requestId }, 'server_error');
   });
 
-  return { provider, jwtAccessTokens };
+  return { provider, jwtAccessTokens, breakGlass };
 }

@@ -9,6 +9,7 @@ import { findUserById } from '../accounts/users.ts';
 import type { Queryable } from '../db/index.ts';
 import { decideScopes, ScopePolicyError, type ScopePolicyDecision, type ScopeFlow } from '../smart/scope-policy.ts';
 import { parseScopeList } from '../smart/scopes.ts';
+import { breakGlassResourceScopes, breakGlassScope } from '../break-glass/scopes.ts';
 import { roleScopeCeiling } from '../smart/roles.ts';
 import { findResourceServer, type ResourceServer } from './resource-servers.ts';
 import { resourceScopeCeiling } from './resource-scope-ceiling.ts';
@@ -74,7 +75,21 @@ export interface SmartScopeHooks {
   checkWithoutResource(ctx: KoaContextWithOIDC): Promise<void>;
 }
 
-export function smartScopeHooks(db: Queryable): SmartScopeHooks {
+/** An emergency (break-glass) authorization keeps only the read-only, one-patient part of the decision. */
+function emergencyDecision(decision: ScopePolicyDecision): ScopePolicyDecision {
+  return {
+    ...decision,
+    scope: breakGlassScope(decision.scope),
+    perResource: new Map([...decision.perResource].map(([id, scope]) => [id, breakGlassResourceScopes(scope).join(' ')])),
+  };
+}
+
+export interface SmartScopeOptions {
+  /** True for requests whose scopes fall under the break-glass rule (see src/oidc/break-glass-grants.ts). */
+  isEmergency?: ((ctx: KoaContextWithOIDC) => Promise<boolean>) | undefined;
+}
+
+export function smartScopeHooks(db: Queryable, options: SmartScopeOptions = {}): SmartScopeHooks {
   // One decision per request: getResourceServerInfo runs once per resource indicator.
   const decisions = new WeakMap<KoaContextWithOIDC, Promise<{ decision: ScopePolicyDecision; servers: Map<string, ResourceServer> }>>();
 
@@ -102,6 +117,7 @@ export function smartScopeHooks(db: Queryable): SmartScopeHooks {
         } catch (err) {
           return toProviderError(err);
         }
+        if (await options.isEmergency?.(ctx)) final = emergencyDecision(final);
         if (rewritesRequest(ctx) && ctx.oidc.params) ctx.oidc.params.scope = final.scope || undefined;
         return { decision: final, servers };
       })();

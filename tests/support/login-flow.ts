@@ -107,3 +107,19 @@ export class Browser {
     return new URL(step.location);
   }
 }
+
+/**
+ * Enrols a passkey for a user through the real account page (password sign-in, then registration).
+ * `register` answers the page's creation options (a soft authenticator's `register`).
+ */
+export async function enrolPasskey(
+  ts: TestServer, username: string, password: string,
+  register: (options: PublicKeyCredentialCreationOptionsJSON) => unknown,
+): Promise<Step> {
+  const browser = new Browser(ts);
+  const page = await browser.signIn(await browser.follow(await browser.get(new URL('/account', ts.issuer))), username, password);
+  const csrf = /name="csrf" value="([^"]+)"/.exec(page.body)?.[1];
+  if (!csrf) throw new Error(`no account page after sign-in (status ${page.status}): ${page.body.slice(0, 300)}`);
+  const answer = register(pageOptions(page.body, 'register'));
+  return browser.post(new URL('/account/passkeys', ts.issuer), { csrf, name: 'Test key', credential: JSON.stringify(answer) });
+}
