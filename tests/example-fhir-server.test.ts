@@ -205,14 +205,24 @@ describe('example FHIR server', () => {
     assert.deepEqual(ids(await get('/Observation?subject=Patient/p2', { token: t })), ['obs-6']);
   });
 
-  it('400 for unsupported search parameters, 405 for other methods', async () => {
+  it('400 for unsupported search parameters; writes: 403 without a write scope, else 405 (read-only data)', async () => {
     const t = await token();
     const reply = await get('/Observation?patient=p1&code=4548-4', { token: t });
     assert.equal(reply.status, 400);
     assertOutcome(reply, 'not-supported');
-    const res = await fetch(`${fhir.url}/Observation`, { method: 'POST', dispatcher: agents.app, headers: { authorization: `Bearer ${t}` } });
-    assert.equal(res.status, 405);
-    await res.body?.cancel();
+    const write = async (method: string, path: string, bearer: string) => {
+      const res = await fetch(`${fhir.url}${path}`, { method, dispatcher: agents.app, headers: { authorization: `Bearer ${bearer}` } });
+      await res.body?.cancel();
+      return { status: res.status, challenge: res.headers.get('www-authenticate') ?? '' };
+    };
+    for (const [method, path] of [['POST', '/Observation'], ['PUT', '/Observation/obs-1'], ['DELETE', '/Observation/obs-1']] as const) {
+      const refused = await write(method, path, t);
+      assert.equal(refused.status, 403, `${method} with a read-only token`);
+      assert.match(refused.challenge, /error="insufficient_scope"/);
+    }
+    const writer = await token({ scope: 'patient/Observation.cruds' });
+    assert.equal((await write('POST', '/Observation', writer)).status, 405);
+    assert.equal((await write('OPTIONS', '/Observation', writer)).status, 405);
   });
 
   it('never puts a token or a patient id into its access events', async () => {

@@ -99,6 +99,8 @@ export interface AccessEvent {
   subject?: string;
   /** The scope(s) that allowed the request. */
   scope?: string;
+  /** Emergency (break-glass) access: the token's HL7 PurposeOfUse, so the access is labelled in the log. */
+  purposeOfUse?: string;
   error?: string;
 }
 
@@ -161,8 +163,9 @@ export async function startExampleFhirServer(options: ExampleFhirServerOptions):
     event.path = withoutIds(url.pathname, basePath);
     if (!url.pathname.startsWith(`${basePath}/`)) return send(res, 404, outcome('not-found', 'not a FHIR endpoint'));
     const segments = url.pathname.slice(basePath.length + 1).split('/').filter(Boolean);
-    if (req.method !== 'GET') return send(res, 405, outcome('not-supported', 'only GET is supported'), { allow: 'GET' });
-    if (segments.length === 1 && segments[0] === 'metadata') return send(res, 200, capabilityStatement(baseUrl, options.issuer));
+    const write = req.method === 'GET' ? undefined : WRITE_INTERACTIONS[req.method ?? ''];
+    if (req.method !== 'GET' && !write) return send(res, 405, outcome('not-supported', 'only GET is supported'), { allow: 'GET' });
+    if (segments.length === 1 && segments[0] === 'metadata' && !write) return send(res, 200, capabilityStatement(baseUrl, options.issuer));
 
     const token = await verifier.authenticate({
       authorization: req.headersDistinct.authorization,
@@ -170,10 +173,20 @@ export async function startExampleFhirServer(options: ExampleFhirServerOptions):
     });
     event.clientId = token.clientId;
     if (token.subject !== undefined) event.subject = token.subject;
+    if (token.purposeOfUse !== undefined) event.purposeOfUse = token.purposeOfUse;
 
     const [type, id, ...rest] = segments;
     if (type === undefined || !store.has(type) || rest.length > 0) {
       return send(res, 404, outcome('not-found', 'unknown resource type or path'));
+    }
+    if (write) {
+      // Scopes first: a token that may not write is told so (403 insufficient_scope), whatever the record.
+      const existing = id === undefined ? undefined : store.get(type, id);
+      // A create is checked as a write into the token's patient's record (the body is not read here).
+      const record = existing ? recordOf(existing) : token.patient !== undefined ? { patientId: token.patient } : {};
+      const decision = verifier.authorize(token, { resourceType: type, interaction: write, ...record });
+      event.scope = decision.scope;
+      return send(res, 405, outcome('not-supported', 'this example server holds read-only data'), { allow: 'GET' });
     }
     const categories = url.searchParams.getAll('category');
     for (const rule of options.stepUp ?? []) {
@@ -315,6 +328,9 @@ function categoryCodings(resource: Resource): Coding[] {
   if (!Array.isArray(categories)) return [];
   return categories.flatMap((c: { coding?: Coding[] }) => c.coding ?? []);
 }
+
+/** FHIR RESTful writes and the SMART v2 permission each needs. */
+const WRITE_INTERACTIONS: Record<string, 'c' | 'u' | 'd'> = { POST: 'c', PUT: 'u', PATCH: 'u', DELETE: 'd' };
 
 /** What the verifier needs to know about one record: its patient and its categories (both spellings). */
 function recordOf(resource: Resource): { patientId?: string; params: { category: string[] } } {

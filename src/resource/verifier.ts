@@ -85,6 +85,11 @@ export interface VerifiedToken {
   expiresAt: number;
   issuedAt?: number;
   tokenId?: string;
+  /**
+   * HL7 PurposeOfUse code of an emergency (break-glass) token, e.g. `ETREAT` or `BTG`: label and log
+   * every access made with it. Absent for ordinary tokens.
+   */
+  purposeOfUse?: string;
   /** RFC 8693 `act`: the workload acting for the subject. */
   actor?: Record<string, unknown>;
   /** The `x5t#S256` the token is bound to (equal to the presented certificate's). */
@@ -341,6 +346,8 @@ function toVerifiedToken(claims: Record<string, unknown>, format: 'jwt' | 'opaqu
   if (fhirUser !== undefined) verified.fhirUser = fhirUser;
   const acr = str('acr');
   if (acr !== undefined) verified.acr = acr;
+  const purposeOfUse = str('purpose_of_use');
+  if (purposeOfUse !== undefined) verified.purposeOfUse = purposeOfUse;
   const tokenId = str('jti');
   if (tokenId !== undefined) verified.tokenId = tokenId;
   const authTime = num('auth_time');
