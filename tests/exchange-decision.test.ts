@@ -80,6 +80,17 @@ describe('token exchange decision', () => {
     assert.ok(decideExchange({ ...input({ subject: { acr: 'urn:clinical-authz:acr:phr' } }), stepUpRules: labRule }).ok);
   });
 
+  test('break-glass subject: allowed actor gets read-only patient scopes, never longer than the emergency access', () => {
+    const d = decideExchange(input({
+      subject: { breakGlass: true, breakGlassActive: true, patientOnCareTeam: true, scope: 'patient/Observation.rs', expiresAt: NOW + 90 },
+      policy: { allowBreakGlass: true, scope: 'patient/Observation.cruds', maxTtlSeconds: 3600 },
+      request: { scope: 'patient/Observation.rs?category=laboratory' },
+    }));
+    assert.equal(d.ok, true, JSON.stringify(d));
+    assert.equal(d.ok && d.lifetimeSeconds, 90);
+    assert.equal(d.ok && d.scope, 'patient/Observation.rs?category=laboratory');
+  });
+
   test('a chain nests act (RFC 8693 §4.1) and counts depth', () => {
     const d = decideExchange(input({ actor: { clientId: 'lab-tool' }, subject: { clientId: 'orchestrator', act: { sub: 'orchestrator' } } }));
     assert.ok(d.ok);
@@ -107,6 +118,13 @@ describe('token exchange decision', () => {
     ['actor not permitted for this subject', input({ policy: { actorMayActForSubject: false } }), 'invalid_grant', 'actor_not_permitted_for_subject'],
     ['may_act names someone else', input({ subject: { mayAct: ['another-agent'] } }), 'invalid_grant', 'may_act'],
     ['break-glass subject, policy says no', input({ subject: { breakGlass: true } }), 'invalid_grant', 'break_glass_not_allowed'],
+    ['break-glass subject whose emergency access ended', input({ subject: { breakGlass: true, breakGlassActive: false }, policy: { allowBreakGlass: true } }), 'invalid_grant', 'break_glass_ended'],
+    ['break-glass subject, a write asked (ceiling and subject allow it)', input({
+      subject: { breakGlass: true, breakGlassActive: true, scope: 'patient/Observation.cruds' }, policy: { allowBreakGlass: true, scope: 'patient/Observation.cruds' },
+      request: { scope: 'patient/Observation.u' } }), 'invalid_scope', 'break_glass_read_only'],
+    ['break-glass subject, a user/ scope asked', input({
+      subject: { breakGlass: true, breakGlassActive: true, scope: 'user/Observation.rs' }, policy: { allowBreakGlass: true, scope: 'user/Observation.rs' },
+      request: { scope: 'user/Observation.rs' } }), 'invalid_scope', 'break_glass_read_only'],
     ['actor repeating in the chain', input({ subject: { clientId: 'lab-tool', act: { sub: 'orchestrator' } } }), 'invalid_grant', 'actor_repeated'],
     ['the actor\'s own exchanged token again', input({ subject: { clientId: 'orchestrator', act: { sub: 'orchestrator' } } }), 'invalid_grant', 'actor_repeated'],
     ['chain deeper than allowed', input({ actor: { clientId: 'lab-tool' }, subject: { clientId: 'orchestrator', act: { sub: 'orchestrator' } }, policy: { maxDepth: 1 } }), 'invalid_grant', 'delegation_depth'],
