@@ -34,6 +34,9 @@ Passkeys:              ${server.issuer}/account  (add one; then sign-ins ask for
   (the code arrives at the redirect URI; redeem it at ${server.mtlsBaseUrl}/token with ${cert('demo-app')},
    -u demo-app:demo-app-secret-change-me-0123456789, grant_type=authorization_code, the code, that redirect_uri and
    code_verifier=dBjftJeZ4CVP-mB0unHzwEeC17nVk3F8gIO3kqyE1mfQ-_pWWN1c; the response names the patient)
+  Emergency access: on the consent page, "Patient not listed? Emergency access (break the glass)" opens
+  p3 (not on the care team) read-only for BREAK_GLASS_TTL (15 minutes) after a passkey, a reason and a justification
+  (add a passkey first); review it with: npm run cli -- break-glass list
 
 4. Let the AI orchestrator exchange that app token (APP_TOKEN) for a narrow per-task token bound to its own certificate:
   curl --cacert ${ca} ${cert('demo-orchestrator')} \\

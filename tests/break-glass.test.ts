@@ -185,6 +185,7 @@ describe('break-glass emergency access', () => {
 
   let emergencyToken = '';
   let emergencyExpiresAt = 0;
+  let emergencySession: Browser | undefined;
 
   test('a patient outside the care team: fresh passkey, reason, justification → read-only, short, labelled token; review, audit, webhook', async () => {
     const flow = await toConsent(CLINICIAN.username, CLINICIAN.password, { passkey: answerer });
@@ -217,6 +218,7 @@ describe('break-glass emergency access', () => {
     assert.equal(info.break_glass, true);
     assert.equal(info.patient, OUTSIDE_PATIENT.id);
     emergencyToken = tokens.access_token;
+    emergencySession = flow.browser;
     emergencyExpiresAt = Number(info.exp);
 
     // The review item: who, which patient (pseudonym), why, the justification, which tokens followed.
@@ -258,6 +260,24 @@ describe('break-glass emergency access', () => {
     assert.throws(() => new Webhook(WEBHOOK_SECRET).verify(delivery.body.replace('ETREAT', 'TREAT'), delivery.headers as Record<string, string>));
     const [stored] = await webhookDeliveries(ts.testDb.db, 'break_glass.opened');
     assert.ok(stored?.deliveredAt);
+  });
+
+  test('the same app, same session, afterwards: an ordinary grant of its own (the emergency grant is never reused)', async () => {
+    assert.ok(emergencySession);
+    const verifier = oidc.randomPKCECodeVerifier();
+    const state = oidc.randomState();
+    const url = oidc.buildAuthorizationUrl(bgApp, {
+      redirect_uri: BG_APP.redirect_uri, scope: 'openid offline_access launch/patient patient/Observation.rs', resource: BG_FHIR, state, prompt: 'consent',
+      code_challenge: await oidc.calculatePKCECodeChallenge(verifier), code_challenge_method: 'S256',
+    });
+    const callback = await emergencySession.authorize(url, CLINICIAN.username, CLINICIAN.password, { patient: CARE_TEAM_PATIENTS[0]!.id, passkey: answerer });
+    const tokens = await oidc.authorizationCodeGrant(bgApp, callback, { pkceCodeVerifier: verifier, expectedState: state });
+    assert.ok(tokens.refresh_token, 'an ordinary grant may refresh');
+    assert.equal(tokens.patient, CARE_TEAM_PATIENTS[0]!.id);
+    const info = await oidc.tokenIntrospection(bgApp, tokens.access_token);
+    assert.equal(info.purpose_of_use, undefined);
+    assert.equal(info.break_glass, undefined);
+    assert.notEqual(info.break_glass_id, (await oidc.tokenIntrospection(bgApp, emergencyToken)).break_glass_id);
   });
 
   test('refusals: no fresh passkey (none, the login\'s, a spent challenge), no reason, no justification, no acknowledgement', async () => {
