@@ -16,6 +16,7 @@ import { endUserBreakGlass, listBreakGlassEvents, listBreakGlassTokens, openBrea
 import { TOKEN_EXCHANGE_GRANT, TOKEN_TYPE_ACCESS_TOKEN } from '../src/exchange/decision.ts';
 import { revokeWholeGrant } from '../src/oidc/adapter.ts';
 import { applySeed, SeedSchema } from '../src/seed/seed.ts';
+import { createLaunch } from '../src/smart/launch-contexts.ts';
 import { webhookDeliveries } from '../src/notifications/webhook.ts';
 import { Browser, enrolPasskey, pageOptions, type PasskeyAnswerer, type Step } from './support/login-flow.ts';
 import { devCa, issueClientCertificate, type KeyPairPem } from './support/pki.ts';
@@ -57,7 +58,7 @@ describe('break-glass emergency access', () => {
   }
 
   /** Starts an authorization of the break-glass app and signs in: returns the consent page and its flow. */
-  async function toConsent(username: string, password: string, opts: { scope?: string; clientId?: string; passkey?: PasskeyAnswerer } = {}) {
+  async function toConsent(username: string, password: string, opts: { scope?: string; clientId?: string; passkey?: PasskeyAnswerer; extra?: Record<string, string> } = {}) {
     const browser = new Browser(ts);
     const verifier = oidc.randomPKCECodeVerifier();
     const state = oidc.randomState();
@@ -65,7 +66,7 @@ describe('break-glass emergency access', () => {
     const url = oidc.buildAuthorizationUrl(config, {
       redirect_uri: opts.clientId === APP.client_id ? APP.redirect_uri : BG_APP.redirect_uri,
       scope: opts.scope ?? ASKED, resource: opts.clientId === APP.client_id ? 'https://fhir.test/r4' : BG_FHIR, state, prompt: 'consent',
-      code_challenge: await oidc.calculatePKCECodeChallenge(verifier), code_challenge_method: 'S256',
+      code_challenge: await oidc.calculatePKCECodeChallenge(verifier), code_challenge_method: 'S256', ...opts.extra,
     });
     const loginAnswers: unknown[] = [];
     const passkey = opts.passkey && ((options: Parameters<PasskeyAnswerer>[0]) => {
@@ -341,6 +342,27 @@ describe('break-glass emergency access', () => {
       429, 'limit_exceeded', /limit of 2 emergency accesses in 24 hours/);
   });
 
+  test('EHR launch for a patient outside the care team: no Allow, emergency access for the EHR\'s patient', async () => {
+    const user = (await findUserByUsername(ts.testDb.db, CLINICIAN.username))!;
+    const { launch } = await createLaunch(ts.testDb.db, { patientId: OUTSIDE_PATIENT.id, clientId: BG_APP.client_id, userId: user.id, ttlSeconds: 300 });
+    const flow = await toConsent(CLINICIAN.username, CLINICIAN.password, {
+      passkey: answerer, scope: 'openid launch patient/Observation.rs', extra: { launch },
+    });
+    assert.match(flow.consent.body, /not on your care team/);
+    assert.match(flow.consent.body, /<button type="submit" disabled>Allow<\/button>/);
+    assert.match(flow.consent.body, /Emergency access to this patient \(break the glass\)/);
+    const page = await flow.browser.get(flow.breakGlassUrl);
+    assert.doesNotMatch(page.body, /name="patient"/, 'the EHR chose the patient');
+    const done = await flow.browser.follow(await submit(flow, { patient: undefined, reason: 'TREAT' }, page));
+    assert.ok(done.location?.startsWith(BG_APP.redirect_uri), `${done.status} ${done.body.slice(0, 300)}`);
+    const tokens = await oidc.authorizationCodeGrant(bgApp, new URL(done.location!), { pkceCodeVerifier: flow.verifier, expectedState: flow.state });
+    assert.equal(tokens.patient, OUTSIDE_PATIENT.id);
+    assert.equal(tokens.need_patient_banner, false);
+    assert.equal((await oidc.tokenIntrospection(bgApp, tokens.access_token)).purpose_of_use, 'TREAT');
+    const events = await listBreakGlassEvents(ts.testDb.db, { userId: user.id });
+    assert.deepEqual(events.map((e) => [e.launchKind, e.reasonCode]), [['standalone', 'ETREAT'], ['ehr', 'TREAT']]);
+  });
+
   test('exchange: refused for an actor not allowed, read-only and never longer for an allowed one; recorded for the review', async () => {
     assert.ok(emergencyToken, 'the first test issued an emergency token');
     const refused = await exchange(emergencyToken, REFUSED_ACTOR, refusedActor, 'patient/Observation.rs');
@@ -377,7 +399,7 @@ describe('break-glass emergency access', () => {
     const user = (await findUserByUsername(ts.testDb.db, CLINICIAN.username))!;
     const ended = await endUserBreakGlass(ts.testDb.db, user.id);
     for (const { grantId } of ended) await revokeWholeGrant(ts.testDb.db, grantId);
-    assert.equal(ended.length, 1);
+    assert.equal(ended.length, 2, 'the standalone and the EHR emergency accesses');
     assert.equal((await oidc.tokenIntrospection(bgApp, emergencyToken)).active, false);
     assert.equal((await introspect(String(ok.body.access_token), ALLOWED_ACTOR, allowedActor)).body.active, false);
     const after = await exchange(emergencyToken, ALLOWED_ACTOR, allowedActor, 'patient/Observation.rs');

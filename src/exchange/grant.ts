@@ -181,6 +181,7 @@ export function registerTokenExchange(provider: Provider, deps: TokenExchangeDep
         subject_token: subject.ref,
         subject_client: subject.facts.active ? subject.facts.clientId : undefined,
         scope_requested: typeof params.scope === 'string' ? auditableScopes(params.scope) : undefined,
+        break_glass_id: subject.facts.breakGlass ? String(subject.record?.extra?.break_glass_id ?? '') : undefined,
       },
     };
     if (!decision.ok) {
