@@ -113,6 +113,7 @@ describe('break-glass in a real browser', { skip: browserAvailable() ? false : N
     });
     const flow: { verifier: string; state: string; callback?: URL } = { verifier, state };
     await page.route(`${BG_APP.redirect_uri}**`, async (route) => {
+      console.log('ROUTED', route.request().url().slice(0, 40), route.request().redirectedFrom()?.url().slice(0, 60));
       flow.callback = new URL(route.request().url());
       await route.fulfill({ status: 200, contentType: 'text/plain', body: 'back at the app' });
     });
@@ -172,6 +173,9 @@ describe('break-glass in a real browser', { skip: browserAvailable() ? false : N
     assert.ok(!offered.includes(OUTSIDE_PATIENT.id));
 
     const signCountBefore = (await authenticator.credentials())[0]!.signCount;
+    page.on('request', (r) => console.log('REQ', r.method(), r.url(), r.isNavigationRequest()));
+    page.on('response', (r) => console.log('RES', r.status(), r.url(), r.headers()['location']));
+    page.on('requestfailed', (r) => console.log('FAIL', r.url(), r.failure()?.errorText));
     await breakTheGlass();
     await page.waitForURL(`${BG_APP.redirect_uri}**`);
     await page.unroute(`${BG_APP.redirect_uri}**`);

@@ -81,20 +81,12 @@ export class BreakGlassLimitError extends Error {
   }
 }
 
-export interface NewBreakGlassEvent {
-  userId: string;
-  clientId: string;
-  patientPseudonym: string;
-  reasonCode: BreakGlassReason;
-  justification: string;
-  launchKind: 'standalone' | 'ehr';
-  grantId: string;
-  scope: string;
-  credentialId: string;
+export type NewBreakGlassEvent = Pick<BreakGlassEvent,
+  'userId' | 'clientId' | 'patientPseudonym' | 'reasonCode' | 'justification' | 'launchKind' | 'grantId' | 'scope' | 'credentialId'> & {
   lifetimeSeconds: number;
   /** How many emergency accesses a user may open per 24 hours. */
   dailyLimit: number;
-}
+};
 
 /**
  * Counts the user's emergency accesses of the last 24 hours and records this one, in the caller's
