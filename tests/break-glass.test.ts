@@ -3,8 +3,6 @@
 // item, audit event and signed webhook; every refusal with its status and audited rule; exchange of an
 // emergency token by allowed and refused actors; instant revocation.
 import assert from 'node:assert/strict';
-import { createServer, type IncomingHttpHeaders, type Server } from 'node:http';
-import { randomBytes } from 'node:crypto';
 import { after, before, describe, test } from 'node:test';
 
 import * as oidc from 'openid-client';
@@ -21,6 +19,7 @@ import { webhookDeliveries } from '../src/notifications/webhook.ts';
 import { Browser, enrolPasskey, pageOptions, type PasskeyAnswerer, type Step } from './support/login-flow.ts';
 import { devCa, issueClientCertificate, type KeyPairPem } from './support/pki.ts';
 import { relyingParty } from './support/relying-party.ts';
+import { startWebhookReceiver, type WebhookReceiver } from './support/webhook-receiver.ts';
 import { SoftAuthenticator } from './support/soft-authenticator.ts';
 import { CARE_TEAM_PATIENTS, CLINICIAN, OUTSIDE_PATIENT, startTestServer, APP, type TestServer } from './support/test-server.ts';
 
@@ -32,17 +31,13 @@ const BARRED = { username: 'dr.barred', password: 'barred-password-123456' };
 const BUSY = { username: 'dr.busy', password: 'busy-password-1234567' };
 const TTL = 120;
 const LIMIT = 2;
-const WEBHOOK_SECRET = `whsec_${randomBytes(32).toString('base64')}`;
 const JUSTIFICATION = 'Unconscious patient in resus, allergy history needed before induction';
 const ASKED = 'openid fhirUser offline_access launch/patient patient/Observation.cruds patient/Patient.rs user/Observation.rs';
-
-interface Received { headers: IncomingHttpHeaders; body: string }
 
 describe('break-glass emergency access', () => {
   let ts: TestServer;
   let bgApp: oidc.Configuration;
-  let receiver: Server;
-  const received: Received[] = [];
+  let receiver: WebhookReceiver;
   let allowedActor: KeyPairPem;
   let refusedActor: KeyPairPem;
   const agents: Agent[] = [];
@@ -125,23 +120,12 @@ describe('break-glass emergency access', () => {
     post(ts.endpoint('/token/introspection'), { token, client_id: actor }, cert);
 
   before(async () => {
-    receiver = createServer((req, res) => {
-      let body = '';
-      req.setEncoding('utf8');
-      req.on('data', (chunk: string) => { body += chunk; });
-      req.on('end', () => {
-        received.push({ headers: req.headers, body });
-        res.writeHead(204).end();
-      });
-    });
-    await new Promise<void>((resolve) => receiver.listen(0, '127.0.0.1', resolve));
-    const address = receiver.address() as { port: number };
+    receiver = await startWebhookReceiver();
     ts = await startTestServer({
       env: {
         BREAK_GLASS_TTL: String(TTL),
         BREAK_GLASS_DAILY_LIMIT: String(LIMIT),
-        BREAK_GLASS_WEBHOOK_URL: `http://127.0.0.1:${address.port}/privacy-office`,
-        BREAK_GLASS_WEBHOOK_SECRET: WEBHOOK_SECRET,
+        ...receiver.env(),
       },
     });
     origin = new URL(ts.issuer).origin;
@@ -181,7 +165,7 @@ describe('break-glass emergency access', () => {
   after(async () => {
     await Promise.all(agents.map((a) => a.close()));
     await ts?.stop();
-    await new Promise((resolve) => receiver?.close(resolve));
+    await receiver?.close();
   });
 
   let emergencyToken = '';
@@ -249,16 +233,16 @@ describe('break-glass emergency access', () => {
     assert.ok(all.every((r) => !r.row.includes('resus') && !r.row.includes(`"${OUTSIDE_PATIENT.id}"`)), 'no justification or raw patient id in the audit log');
 
     // The privacy office's webhook: delivered in the background, signed, without free text.
-    for (let i = 0; i < 100 && received.length === 0; i++) await new Promise((r) => setTimeout(r, 50));
-    assert.equal(received.length, 1, 'one notification');
-    const delivery = received[0]!;
-    const verified = new Webhook(WEBHOOK_SECRET).verify(delivery.body, delivery.headers as Record<string, string>) as { type: string; data: Record<string, unknown> };
+    await receiver.waitFor(1);
+    assert.equal(receiver.received.length, 1, 'one notification');
+    const delivery = receiver.received[0]!;
+    const verified = new Webhook(receiver.secret).verify(delivery.body, delivery.headers as Record<string, string>) as { type: string; data: Record<string, unknown> };
     assert.equal(verified.type, 'break_glass.opened');
     assert.equal(verified.data.break_glass_id, event.id);
     assert.equal(verified.data.patient_pseudonym, event.patientPseudonym);
     assert.deepEqual(verified.data.purpose_of_use, { system: 'http://terminology.hl7.org/CodeSystem/v3-ActReason', code: 'ETREAT' });
     assert.ok(!delivery.body.includes('resus') && !delivery.body.includes(`"${OUTSIDE_PATIENT.id}"`), 'no justification, no raw patient id');
-    assert.throws(() => new Webhook(WEBHOOK_SECRET).verify(delivery.body.replace('ETREAT', 'TREAT'), delivery.headers as Record<string, string>));
+    assert.throws(() => new Webhook(receiver.secret).verify(delivery.body.replace('ETREAT', 'TREAT'), delivery.headers as Record<string, string>));
     const [stored] = await webhookDeliveries(ts.testDb.db, 'break_glass.opened');
     assert.ok(stored?.deliveredAt);
   });
@@ -303,7 +287,7 @@ describe('break-glass emergency access', () => {
     await refusedWith(await submit(flow, { patient: '' }), 400, 'patient_missing', /Enter the patient/);
     const user = (await findUserByUsername(ts.testDb.db, CLINICIAN.username))!;
     assert.equal((await listBreakGlassEvents(ts.testDb.db, { userId: user.id })).length, 1, 'no refusal opened anything');
-    assert.equal(received.length, 1, 'no refusal notified anyone');
+    assert.equal(receiver.received.length, 1, 'no refusal notified anyone');
   });
 
   test('refusals: client not allowed, only write scopes asked, user switched off, daily limit', async () => {

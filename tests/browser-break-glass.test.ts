@@ -8,7 +8,6 @@
 // correctly signed webhook to the privacy office exist. Then the same prompt with user verification
 // turned off: a visible failure, no redirect, no second emergency access.
 import assert from 'node:assert/strict';
-import { createServer, type IncomingHttpHeaders, type Server } from 'node:http';
 import { randomBytes } from 'node:crypto';
 import { after, before, describe, test } from 'node:test';
 
@@ -24,6 +23,7 @@ import {
   addVirtualAuthenticator, browserAvailable, launchBrowser, NO_BROWSER, type Browser, type Page, type VirtualAuthenticator,
 } from './support/browser.ts';
 import { relyingParty } from './support/relying-party.ts';
+import { startWebhookReceiver, type WebhookReceiver } from './support/webhook-receiver.ts';
 import { CARE_TEAM_PATIENTS, CLINICIAN, OUTSIDE_PATIENT, startTestServer, type TestServer } from './support/test-server.ts';
 
 /** A FHIR server that accepts writes (its ceiling has patient/Observation.cruds): break-glass, not it, makes the token read-only. */
@@ -31,20 +31,16 @@ const BG_FHIR = 'https://bg-fhir.test/r4';
 const BG_APP = { client_id: 'bg-browser-app', client_secret: 'bg-browser-app-secret-0123456789-0123', redirect_uri: 'https://bg-app.test/callback' };
 const TTL = 300;
 const LIMIT = 5;
-const WEBHOOK_SECRET = `whsec_${randomBytes(32).toString('base64')}`;
 const JUSTIFICATION = 'Collapsed in the waiting room, checking recent labs before giving contrast';
 const ASKED = 'openid fhirUser launch/patient offline_access patient/Observation.cruds patient/Patient.rs';
 const READ_ONLY = ['patient/Observation.rs', 'patient/Patient.rs'];
-
-interface Received { headers: IncomingHttpHeaders; body: string }
 
 describe('break-glass in a real browser', { skip: browserAvailable() ? false : NO_BROWSER }, () => {
   let ts: TestServer;
   let app: oidc.Configuration;
   let fhir: RunningExampleFhirServer;
   const fhirEvents: AccessEvent[] = [];
-  let receiver: Server;
-  const received: Received[] = [];
+  let receiver: WebhookReceiver;
   let browser: Browser;
   let page: Page;
   let authenticator: VirtualAuthenticator;
@@ -53,24 +49,13 @@ describe('break-glass in a real browser', { skip: browserAvailable() ? false : N
   const auditRows = async () => (await ts.testDb.db.query<{ row: string }>('SELECT to_jsonb(a)::text AS row FROM audit_events a')).rows;
 
   before(async () => {
-    receiver = createServer((req, res) => {
-      let body = '';
-      req.setEncoding('utf8');
-      req.on('data', (chunk: string) => { body += chunk; });
-      req.on('end', () => {
-        received.push({ headers: req.headers, body });
-        res.writeHead(204).end();
-      });
-    });
-    await new Promise<void>((resolve) => receiver.listen(0, '127.0.0.1', resolve));
-    const { port } = receiver.address() as { port: number };
+    receiver = await startWebhookReceiver();
     // MFA_AT_LOGIN stays at its default ('enrolled'): once the passkey exists, every sign-in asks for it.
     ts = await startTestServer({
       env: {
         BREAK_GLASS_TTL: String(TTL),
         BREAK_GLASS_DAILY_LIMIT: String(LIMIT),
-        BREAK_GLASS_WEBHOOK_URL: `http://127.0.0.1:${port}/privacy-office`,
-        BREAK_GLASS_WEBHOOK_SECRET: WEBHOOK_SECRET,
+        ...receiver.env(),
       },
     });
     await applySeed(ts.testDb.db, ts.server.provider(), ts.server.secrets.clientSecretKey, SeedSchema.parse({
@@ -100,7 +85,7 @@ describe('break-glass in a real browser', { skip: browserAvailable() ? false : N
     await browser?.close();
     await fhir?.stop();
     await ts?.stop();
-    await new Promise((resolve) => receiver?.close(resolve));
+    await receiver?.close();
   });
 
   /** Starts the app's standalone launch in the page; the app's redirect URI is answered by the test. */
@@ -278,10 +263,10 @@ describe('break-glass in a real browser', { skip: browserAvailable() ? false : N
     assert.ok(rows.every((r) => !r.row.includes(JUSTIFICATION) && !r.row.includes('waiting room')), 'no justification in the audit log');
 
     // The privacy office's webhook: one POST, correctly signed, naming the event, without the justification.
-    for (let i = 0; i < 200 && received.length === 0; i++) await new Promise((r) => setTimeout(r, 50));
-    assert.equal(received.length, 1, 'one notification');
-    const delivery = received[0]!;
-    const verified = new Webhook(WEBHOOK_SECRET).verify(delivery.body, delivery.headers as Record<string, string>) as { type: string; data: Record<string, unknown> };
+    await receiver.waitFor(1);
+    assert.equal(receiver.received.length, 1, 'one notification');
+    const delivery = receiver.received[0]!;
+    const verified = new Webhook(receiver.secret).verify(delivery.body, delivery.headers as Record<string, string>) as { type: string; data: Record<string, unknown> };
     assert.equal(verified.type, 'break_glass.opened');
     assert.equal(verified.data.break_glass_id, event.id);
     assert.equal(verified.data.patient_pseudonym, event.patientPseudonym);
@@ -315,6 +300,6 @@ describe('break-glass in a real browser', { skip: browserAvailable() ? false : N
     const events = await listBreakGlassEvents(ts.testDb.db, { userId: await clinicianId() });
     assert.deepEqual(events.map((e) => e.id), [eventId], 'no second break-glass event');
     assert.equal((await auditRows()).filter((r) => r.row.includes('"break_glass.granted"')).length, grantedBefore);
-    assert.equal(received.length, 1, 'nobody notified again');
+    assert.equal(receiver.received.length, 1, 'nobody notified again');
   });
 });
