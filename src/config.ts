@@ -72,7 +72,7 @@ const EnvSchema = z.object({
   /** Emergency accesses one user may open per 24 hours (0: nobody may break the glass). */
   BREAK_GLASS_DAILY_LIMIT: z.coerce.number().int().min(0).max(100).default(3),
   /** The privacy office's webhook: every emergency access is announced there (signed, retried). */
-  BREAK_GLASS_WEBHOOK_URL: z.url().optional(),
+  BREAK_GLASS_WEBHOOK_URL: z.url({ protocol: /^https?$/ }).optional(),
   /** Standard Webhooks signing secret (`whsec_` + base64 of at least 24 random bytes). */
   BREAK_GLASS_WEBHOOK_SECRET: z.string().regex(/^whsec_[A-Za-z0-9+/]{32,}={0,2}$/, 'must be whsec_ followed by base64 of at least 24 bytes').optional(),
   /** Shared rate-limit counters in Redis instead of PostgreSQL. */

@@ -6,7 +6,7 @@ import { after, before, test } from 'node:test';
 
 import { createUser } from '../src/accounts/users.ts';
 import {
-  activeBreakGlassForGrant, BreakGlassLimitError, closeBreakGlassReview, endUserBreakGlass, isBreakGlassGrant,
+  activeBreakGlassForGrant, BreakGlassDisabledError, BreakGlassLimitError, setBreakGlassDisabled, closeBreakGlassReview, endUserBreakGlass, isBreakGlassGrant,
   openBreakGlassEvent, ReviewError, type NewBreakGlassEvent,
 } from '../src/break-glass/events.ts';
 import { migrate } from '../src/db/migrate.ts';
@@ -57,4 +57,12 @@ test('live, ended and unknown grants; reviews close once with a note; ending a u
   assert.equal(await activeBreakGlassForGrant(testDb.db, grantId), undefined, 'revoked: no longer live');
   assert.equal(await isBreakGlassGrant(testDb.db, grantId), true, 'still known as an emergency grant');
   assert.deepEqual(await endUserBreakGlass(testDb.db, userId), [], 'nothing live is left');
+});
+
+test('the administrator\'s switch is checked again under the row lock', async () => {
+  const other = (await createUser(testDb.db, { username: 'dr.switched', password: 'switched-password-1234' })).id;
+  await setBreakGlassDisabled(testDb.db, other, true);
+  await assert.rejects(testDb.db.transaction((tx) => openBreakGlassEvent(tx, { ...event('switched-1'), userId: other })), BreakGlassDisabledError);
+  await setBreakGlassDisabled(testDb.db, other, false);
+  await testDb.db.transaction((tx) => openBreakGlassEvent(tx, { ...event('switched-2'), userId: other }));
 });

@@ -30,7 +30,7 @@ const REFUSED_ACTOR = 'plain-orchestrator';
 const BARRED = { username: 'dr.barred', password: 'barred-password-123456' };
 const BUSY = { username: 'dr.busy', password: 'busy-password-1234567' };
 const TTL = 120;
-const LIMIT = 2;
+const LIMIT = 3;
 const JUSTIFICATION = 'Unconscious patient in resus, allergy history needed before induction';
 const ASKED = 'openid fhirUser offline_access launch/patient patient/Observation.cruds patient/Patient.rs user/Observation.rs';
 
@@ -281,6 +281,8 @@ describe('break-glass emergency access', () => {
     await refusedWith(await submit(flow, { reason: 'CURIOSITY' }), 400, 'reason_missing', /Choose the reason/);
     await refusedWith(await submit(flow, { justification: '  ' }), 400, 'justification_missing', /Explain in a sentence/);
     await refusedWith(await submit(flow, { justification: 'x'.repeat(2001) }), 400, 'justification_too_long', /longer than 2000/);
+    // Multi-byte text near the limit is judged by its length, not cut off by the form size (9 bytes per character encoded).
+    await refusedWith(await submit(flow, { justification: '患'.repeat(2001) }), 400, 'justification_too_long', /longer than 2000/);
     await refusedWith(await submit(flow, { acknowledge: undefined }), 400, 'acknowledgement_missing', /logged and reviewed/);
     await refusedWith(await submit(flow, { patient: CARE_TEAM_PATIENTS[0]!.id }), 400, 'not_needed', /on your care team/);
     await refusedWith(await submit(flow, { patient: 'nobody-here' }), 400, 'patient_unknown', /No patient has this identifier/);
@@ -323,7 +325,7 @@ describe('break-glass emergency access', () => {
     const busyPage = await busyFlow.browser.get(busyFlow.breakGlassUrl);
     assert.equal(busyPage.status, 429);
     await refusedWith(await busyFlow.browser.post(busyFlow.breakGlassUrl, { patient: OUTSIDE_PATIENT.id, reason: 'ETREAT', justification: JUSTIFICATION, acknowledge: 'yes', credential: '{}' }),
-      429, 'limit_exceeded', /limit of 2 emergency accesses in 24 hours/);
+      429, 'limit_exceeded', /limit of 3 emergency accesses in 24 hours/);
   });
 
   test('EHR launch for a patient outside the care team: no Allow, emergency access for the EHR\'s patient', async () => {
@@ -345,6 +347,33 @@ describe('break-glass emergency access', () => {
     assert.equal((await oidc.tokenIntrospection(bgApp, tokens.access_token)).purpose_of_use, 'TREAT');
     const events = await listBreakGlassEvents(ts.testDb.db, { userId: user.id });
     assert.deepEqual(events.map((e) => [e.launchKind, e.reasonCode]), [['standalone', 'ETREAT'], ['ehr', 'TREAT']]);
+  });
+
+  test('revoked between the emergency form and the resume: the app gets access_denied, no ordinary consent', async () => {
+    const user = (await findUserByUsername(ts.testDb.db, CLINICIAN.username))!;
+    const flow = await toConsent(CLINICIAN.username, CLINICIAN.password, { passkey: answerer });
+    const opened = await submit(flow, {});
+    assert.equal(opened.status, 303, opened.body.slice(0, 300));
+    const [live] = (await listBreakGlassEvents(ts.testDb.db, { userId: user.id })).filter((e) => !e.revokedAt && e.expiresAt > new Date()).slice(-1);
+    // What `break-glass revoke` does, for this one access only (the exchange test below needs the first).
+    await ts.testDb.db.query('UPDATE break_glass_events SET revoked_at = now() WHERE id = $1', [live!.id]);
+    await revokeWholeGrant(ts.testDb.db, live!.grantId);
+    const done = await flow.browser.follow(opened);
+    assert.ok(done.location?.startsWith(BG_APP.redirect_uri), `${done.status} ${done.body.slice(0, 300)}`);
+    const callback = new URL(done.location!);
+    assert.equal(callback.searchParams.get('error'), 'access_denied');
+    assert.equal(callback.searchParams.get('error_description'), 'the emergency access has ended');
+    assert.equal(callback.searchParams.get('code'), null);
+
+    // The same for an ordinary launch: a patient chosen for a grant that is gone is chosen again.
+    const ordinary = await toConsent(CLINICIAN.username, CLINICIAN.password, { passkey: answerer, scope: 'openid launch/patient patient/Observation.rs' });
+    const confirm = await ordinary.browser.post(new URL(`/interaction/${ordinary.uid}/confirm`, ts.issuer), { patient: CARE_TEAM_PATIENTS[0]!.id });
+    assert.equal(confirm.status, 303);
+    const { rows: [grant] } = await ts.testDb.db.query<{ grant_id: string }>('SELECT grant_id FROM grant_launch_contexts ORDER BY created_at DESC LIMIT 1');
+    await revokeWholeGrant(ts.testDb.db, grant!.grant_id);
+    const again = await ordinary.browser.follow(confirm);
+    assert.equal(again.status, 200, again.body.slice(0, 300));
+    assert.match(again.body, /name="patient"/, 'the picker again, not an Allow without a patient');
   });
 
   test('exchange: refused for an actor not allowed, read-only and never longer for an allowed one; recorded for the review', async () => {

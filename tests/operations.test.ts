@@ -63,6 +63,21 @@ describe('start-up refusals', () => {
     assert.throws(() => loadConfig({ ACCESS_TOKEN_TTL: '86400' }), ConfigError, 'access tokens live minutes, not hours');
   });
 
+  test('break-glass settings: at most an hour, a signed https webhook in production, http(s) only', () => {
+    const secret = `whsec_${Buffer.alloc(32, 7).toString('base64')}`;
+    assert.throws(() => loadConfig({ BREAK_GLASS_TTL: '3601' }), /BREAK_GLASS_TTL/);
+    assert.equal(loadConfig({}).breakGlass.ttlSeconds, 900);
+    assert.throws(() => loadConfig({ BREAK_GLASS_WEBHOOK_URL: 'https://privacy.example/hook' }), /needs BREAK_GLASS_WEBHOOK_SECRET/);
+    assert.throws(() => loadConfig({ BREAK_GLASS_WEBHOOK_URL: 'https://privacy.example/hook', BREAK_GLASS_WEBHOOK_SECRET: 'whsec_short' }), /BREAK_GLASS_WEBHOOK_SECRET/);
+    for (const url of ['ftp://privacy.example/hook', 'file:///etc/passwd', 'mailto:po@example.org']) {
+      assert.throws(() => loadConfig({ BREAK_GLASS_WEBHOOK_URL: url, BREAK_GLASS_WEBHOOK_SECRET: secret }), /BREAK_GLASS_WEBHOOK_URL/, url);
+    }
+    assert.throws(() => loadConfig({
+      NODE_ENV: 'production', DATABASE_URL: 'postgres://db/authz', ISSUER: 'https://authz.hospital.example',
+      BREAK_GLASS_WEBHOOK_URL: 'http://privacy.example/hook', BREAK_GLASS_WEBHOOK_SECRET: secret,
+    }), /https:\/\/ BREAK_GLASS_WEBHOOK_URL/);
+  });
+
   test('production refuses development keys and cookie secrets', async () => {
     const keysDir = await tempDir();
     const testDb = await createTestDb();

@@ -88,12 +88,21 @@ export type NewBreakGlassEvent = Pick<BreakGlassEvent,
   dailyLimit: number;
 };
 
+/** The user's account or break-glass path was switched off (checked again under the row lock). */
+export class BreakGlassDisabledError extends Error {
+  override name = 'BreakGlassDisabledError';
+}
+
 /**
  * Counts the user's emergency accesses of the last 24 hours and records this one, in the caller's
- * transaction: the user's row is locked first, so two concurrent attempts cannot both pass the count.
+ * transaction: the user's row is locked first, so two concurrent attempts cannot both pass the count,
+ * and an administrator's switch that lands meanwhile is seen.
  */
 export async function openBreakGlassEvent(tx: Queryable, input: NewBreakGlassEvent): Promise<BreakGlassEvent> {
-  await tx.query('SELECT 1 FROM users WHERE id = $1 FOR UPDATE', [input.userId]);
+  const { rows: [user] } = await tx.query<{ disabled: boolean; break_glass_disabled: boolean }>(
+    'SELECT disabled, break_glass_disabled FROM users WHERE id = $1 FOR UPDATE', [input.userId],
+  );
+  if (!user || user.disabled || user.break_glass_disabled) throw new BreakGlassDisabledError('emergency access is disabled for this user');
   if (await countRecentBreakGlass(tx, input.userId) >= input.dailyLimit) throw new BreakGlassLimitError(input.dailyLimit);
   const { rows } = await tx.query<EventRow>(
     `INSERT INTO break_glass_events

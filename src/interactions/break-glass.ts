@@ -9,7 +9,7 @@ import { errors, type InteractionResults } from 'oidc-provider';
 import { findUserById, type User } from '../accounts/users.ts';
 import type { AuditLog } from '../audit/log.ts';
 import {
-  BreakGlassLimitError, countRecentBreakGlass, MAX_JUSTIFICATION_LENGTH, openBreakGlassEvent, type BreakGlassEvent,
+  BreakGlassDisabledError, BreakGlassLimitError, countRecentBreakGlass, MAX_JUSTIFICATION_LENGTH, openBreakGlassEvent, type BreakGlassEvent,
 } from '../break-glass/events.ts';
 import { isBreakGlassReason, type BreakGlassReason } from '../break-glass/reasons.ts';
 import { BREAK_GLASS_NAMED_SCOPES, breakGlassResourceScopes } from '../break-glass/scopes.ts';
@@ -203,22 +203,25 @@ export async function openBreakGlass(deps: BreakGlassDeps, input: {
           launch: context.kind, credential: credentialId,
         },
       }, tx);
+      await saveGrantLaunchContext(tx, {
+        grantId,
+        patientId: patient.patientId,
+        encounterId: patient.encounterId,
+        needPatientBanner: context.kind === 'standalone',
+        source: context.kind,
+        expiresAt: opened.expiresAt,
+      });
       await deps.notify(tx, opened, context.user);
       return opened;
     });
   } catch (err) {
     await grant.destroy();
     if (err instanceof BreakGlassLimitError) throw new BreakGlassRefusal(429, 'limit_exceeded', err.message, patient.patientId);
+    if (err instanceof BreakGlassDisabledError) {
+      throw new BreakGlassRefusal(403, 'user_disabled', 'Emergency access has been disabled for your account. Contact the privacy office.', patient.patientId);
+    }
     throw err;
   }
-  await saveGrantLaunchContext(deps.db, {
-    grantId,
-    patientId: patient.patientId,
-    encounterId: patient.encounterId,
-    needPatientBanner: context.kind === 'standalone',
-    source: context.kind,
-    expiresAt: event.expiresAt,
-  });
   deps.afterGrant();
   return { consent: { grantId }, [LAUNCH_RESULT]: { kind: context.kind }, [BREAK_GLASS_RESULT]: { id: event.id } };
 }

@@ -173,7 +173,8 @@ export function interactionRoutes(deps: InteractionDeps): Koa.Middleware {
       return;
     }
 
-    const form = await readForm(ctx);
+    // The emergency form carries up to 2000 characters of justification (up to 4 bytes each, encoded).
+    const form = await readForm(ctx, action === 'break-glass' ? 32 * 1024 : undefined);
     if (action === 'abort') {
       return provider.interactionFinished(ctx.req, ctx.res, {
         error: 'access_denied',

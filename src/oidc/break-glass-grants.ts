@@ -143,8 +143,15 @@ export class BreakGlassGrants {
       const chosen = (ctx.oidc.result as { consent?: { grantId?: string } } | undefined)?.consent?.grantId;
       const grantId = chosen || ctx.oidc.session?.grantIdFor(ctx.oidc.client!.clientId);
       if (!grantId) return undefined;
-      if (!chosen && (await this.lookup(ctx, grantId)).state !== 'none') return undefined;
-      return ctx.oidc.provider.Grant.find(grantId);
+      const emergency = await this.lookup(ctx, grantId);
+      if (!chosen && emergency.state !== 'none') return undefined;
+      const grant = await ctx.oidc.provider.Grant.find(grantId);
+      // Revoked or expired between the emergency form and the resume: end here, never fall back to an
+      // ordinary consent carrying the emergency choice.
+      if (chosen && BreakGlassGrants.isEmergencyResume(ctx) && (!grant || emergency.state !== 'active')) {
+        throw new errors.AccessDenied('the emergency access has ended');
+      }
+      return grant;
     };
   }
 

@@ -75,8 +75,12 @@ export function launchContextCheck(): InstanceType<typeof interactionPolicy.Chec
     'a patient must be chosen for this launch',
     (ctx) => {
       if (!needsPatientContext(ctx.oidc.params?.scope as string | undefined)) return interactionPolicy.Check.NO_NEED_TO_PROMPT;
-      const result = ctx.oidc.result as Record<string, unknown> | undefined;
-      return result?.[LAUNCH_RESULT] ? interactionPolicy.Check.NO_NEED_TO_PROMPT : interactionPolicy.Check.REQUEST_PROMPT;
+      const result = ctx.oidc.result as { consent?: { grantId?: string }; [LAUNCH_RESULT]?: unknown } | undefined;
+      // The patient was chosen for one grant: if that grant is not the one in use (revoked or expired
+      // before the resume, so oidc-provider started an empty one), the choice does not carry over.
+      const grant = ctx.oidc.entities.Grant as { jti?: string } | undefined;
+      const chosen = !!result?.[LAUNCH_RESULT] && !!result.consent?.grantId && result.consent.grantId === grant?.jti;
+      return chosen ? interactionPolicy.Check.NO_NEED_TO_PROMPT : interactionPolicy.Check.REQUEST_PROMPT;
     },
     (ctx) => ({ launchContext: launchKind(ctx.oidc.params?.scope as string | undefined) }),
   );
