@@ -25,6 +25,7 @@ import { stepUpCheck } from './step-up-check.ts';
 import { accountClientMetadata, refuseResponseTypeNone } from './account-client.ts';
 import { ACR_VALUES } from '../mfa/assurance.ts';
 import { installInsufficientAuthenticationBodies } from './insufficient-authentication.ts';
+import { enforceClientPolicy } from '../clients/metadata-policy.ts';
 import { BREAK_GLASS_METADATA, BreakGlassGrants, validateBreakGlassMetadata } from './break-glass-grants.ts';
 
 export interface ProviderDeps {
@@ -159,7 +160,11 @@ export function buildProvider(deps: ProviderDeps): BuiltProvider {
       validator: (ctx, key, value, metadata) => {
         validateResourceScopeMetadata(ctx, key, value);
         validateBreakGlassMetadata(key, value);
-        if (key === RESOURCE_SCOPE_METADATA) refuseResponseTypeNone(metadata as Record<string, unknown>);
+        // Once per client (this key is always validated): rules about the metadata as a whole.
+        if (key === RESOURCE_SCOPE_METADATA) {
+          refuseResponseTypeNone(metadata as Record<string, unknown>);
+          enforceClientPolicy(metadata as Record<string, unknown>);
+        }
       },
     },
     extraTokenClaims: tokenClaims(db, grantContexts, breakGlass) as Configuration['extraTokenClaims'],
