@@ -4,7 +4,7 @@
 // is minted in a child grant of the clinician's, so revoking the clinician's grant revokes it too.
 import type { JWK } from 'jose';
 import type Provider from 'oidc-provider';
-import { errors, type AdapterPayload, type KoaContextWithOIDC } from 'oidc-provider';
+import { errors, type KoaContextWithOIDC } from 'oidc-provider';
 
 import { findUserById } from '../accounts/users.ts';
 import type { AuditLog } from '../audit/log.ts';
@@ -18,6 +18,7 @@ import { isOnCareTeam } from '../smart/care-team.ts';
 import { activeBreakGlass, recordBreakGlassToken } from '../break-glass/events.ts';
 import { parseScopeList, patientSelectingFilter } from '../smart/scopes.ts';
 import { findResourceServer } from '../oidc/resource-servers.ts';
+import { ourAccessTokens, type TokenRecord } from '../oidc/our-tokens.ts';
 import {
   decideExchange, TOKEN_EXCHANGE_GRANT, TOKEN_TYPE_ACCESS_TOKEN, type ActClaim, type ExchangeDecision, type SubjectTokenFacts,
 } from './decision.ts';
@@ -40,7 +41,7 @@ export interface TokenExchangeDeps {
   signingAlg: string;
 }
 
-type Record_ = AdapterPayload & { extra?: Record<string, unknown> };
+type Record_ = TokenRecord;
 
 // oidc-provider's InvalidGrant hides its description ("grant request is invalid"); an actor is told
 // which rule refused (never anything about the token beyond that), so it can fix its request.
@@ -50,10 +51,6 @@ const ERRORS: Record<'invalid_request' | 'invalid_grant' | 'invalid_target' | 'u
   invalid_target: (d) => new errors.InvalidTarget(d),
   unauthorized_client: (d) => new errors.UnauthorizedClient(d),
 };
-
-function publicKeys(jwks: { keys: JWK[] }): { keys: JWK[] } {
-  return { keys: jwks.keys.map(({ d: _d, p: _p, q: _q, dp: _dp, dq: _dq, qi: _qi, ...pub }) => pub) };
-}
 
 function values(param: unknown): string[] {
   if (param === undefined) return [];
@@ -86,18 +83,8 @@ function auditableScopes(scope: string): string[] {
 }
 
 export function registerTokenExchange(provider: Provider, deps: TokenExchangeDeps): void {
-  const jwks = publicKeys(deps.jwks);
-
   /** One of our access tokens, JWT (verified, then its record) or opaque, if it is still alive. */
-  async function findOurToken(value: string): Promise<{ record: Record_; ref: string } | undefined> {
-    if (value.split('.').length === 3) {
-      const record = await deps.jwtAccessTokens.verifiedRecord(value, jwks as never, deps.issuer);
-      return record ? { record: record as Record_, ref: String(record.jti) } : undefined;
-    }
-    const token = await provider.AccessToken.find(value);
-    if (!token || token.isExpired) return undefined;
-    return { record: token as unknown as Record_, ref: deps.audit?.pseudonym('token', value) ?? 'opaque' };
-  }
+  const findOurToken = ourAccessTokens({ provider, ...deps });
 
   async function subjectFacts(value: string): Promise<{ facts: SubjectTokenFacts; record?: Record_; ref?: string }> {
     const found = value ? await findOurToken(value) : undefined;
