@@ -13,6 +13,7 @@ import { ACR_PASSWORD, ACR_PHISHING_RESISTANT } from '../src/mfa/assurance.ts';
 import { setStepUpRule } from '../src/mfa/step-up-rules.ts';
 import { x5tS256 } from '../src/mtls/index.ts';
 import { applySeed, SeedSchema } from '../src/seed/seed.ts';
+import { digestClientSecret } from '../src/oidc/client-secrets.ts';
 import { Browser, pageOptions, type PasskeyAnswerer } from './support/login-flow.ts';
 import { SoftAuthenticator } from './support/soft-authenticator.ts';
 import { derBase64, devCa, issueClientCertificate, type KeyPairPem } from './support/pki.ts';
@@ -114,12 +115,10 @@ describe('token exchange (RFC 8693)', () => {
       resourceServers: [{ identifier: SHORT_LIVED, name: 'FHIR with one-second tokens', scope: 'patient/Observation.rs', accessTokenTtl: 1 }],
       clients: [
         workload(ORCHESTRATOR), workload(LAB_TOOL), workload(IDLE_AGENT),
-        { ...SECRET_AGENT, grant_types: [TOKEN_EXCHANGE_GRANT], response_types: [], redirect_uris: [] },
       ],
       exchangePolicies: [
         { actor: ORCHESTRATOR, audience: FHIR, subjectClients: [APP.client_id], scope: 'patient/Observation.rs', maxDepth: 2 },
         { actor: LAB_TOOL, audience: FHIR, subjectClients: [ORCHESTRATOR], scope: 'patient/Observation.rs', maxDepth: 1 },
-        { actor: SECRET_AGENT.client_id, audience: FHIR, subjectClients: [APP.client_id], scope: 'patient/Observation.rs' },
       ],
     }));
     app = await relyingParty(ts);
@@ -320,11 +319,20 @@ describe('token exchange (RFC 8693)', () => {
     test('actor without a policy → unauthorized_client', async () => {
       await refused(await exchange(subject, {}, idleAgent, IDLE_AGENT), 400, 'unauthorized_client', 'no_exchange_policy');
     });
-    test('actor authenticated without mTLS (client secret) → unauthorized_client', async () => {
+    test('actor authenticated without mTLS (client secret): never registered; a legacy row is refused at the token endpoint', async () => {
+      const secretAgent = { ...SECRET_AGENT, grant_types: [TOKEN_EXCHANGE_GRANT], response_types: [], redirect_uris: [] };
+      await assert.rejects(applySeed(ts.testDb.db, ts.server.provider(), ts.server.secrets.clientSecretKey, SeedSchema.parse({ clients: [secretAgent] })),
+        /token_endpoint_auth_method must be tls_client_auth or self_signed_tls_client_auth for token exchange/);
+      // A row written before the policy existed (or by hand) is checked again whenever it is loaded.
+      await ts.testDb.db.query('INSERT INTO clients (client_id, metadata) VALUES ($1, $2::jsonb)', [SECRET_AGENT.client_id, JSON.stringify({
+        ...secretAgent, client_secret: digestClientSecret(ts.server.secrets.clientSecretKey, SECRET_AGENT.client_secret),
+      })]);
       const res = await post(ts.endpoint('/token'), {
         grant_type: TOKEN_EXCHANGE_GRANT, subject_token: subject, subject_token_type: TOKEN_TYPE_ACCESS_TOKEN, resource: FHIR, scope: LABS,
       }, orchestrator, { authorization: basicAuth(SECRET_AGENT.client_id, SECRET_AGENT.client_secret) });
-      await refused(res, 400, 'unauthorized_client', 'actor_mtls');
+      assert.equal(res.status, 400, JSON.stringify(res.body));
+      assert.equal(res.body.error, 'invalid_client_metadata');
+      assert.equal(res.body.access_token, undefined);
     });
     test('step-up loop (RFC 9470): password-only token refused with insufficient_user_authentication; re-authorized with the passkey it succeeds; the FHIR server challenges the weak token', async () => {
       // Labs for the orchestrator need a recent passkey sign-in; the app's own sign-in is not covered.
