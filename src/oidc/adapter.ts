@@ -220,7 +220,8 @@ class ClientAdapter implements Adapter {
 
   async find(id: string): Promise<AdapterPayload | undefined> {
     const { rows } = await this.db.query<{ metadata: AdapterPayload }>(
-      'SELECT metadata FROM clients WHERE client_id = $1',
+      // A disabled client is unknown to oidc-provider: no authentication, no token, no introspection.
+      'SELECT metadata FROM clients WHERE client_id = $1 AND disabled_at IS NULL',
       [id],
     );
     const metadata = rows[0]?.metadata;
