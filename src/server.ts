@@ -34,6 +34,10 @@ import { buildProvider, NAMED_SCOPES, CLIENT_AUTH_METHODS } from './oidc/provide
 import { sweepExpiredLaunchData } from './smart/launch-contexts.ts';
 import { sweepExpiredChallenges } from './mfa/challenges.ts';
 import { breakGlassNotifier } from './break-glass/notification.ts';
+import { adminAuthenticator } from './admin/auth.ts';
+import { sweepIdempotencyKeys } from './admin/idempotency.ts';
+import { adminApiRoutes } from './admin/router.ts';
+import { ourAccessTokens } from './oidc/our-tokens.ts';
 import { WebhookDispatcher } from './notifications/webhook.ts';
 import { smartConfigurationRoute } from './smart/smart-configuration.ts';
 import { clientRateLimit } from './ratelimit/client-limit.ts';
@@ -169,6 +173,13 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
     return { ...built, publicJwks: { keys: jwks.keys.map(publicJwk) } };
   };
   let current = build();
+  // Token lookups for our own routes (admin API), rebuilt when the provider is (key rotation).
+  const tokenLookups = new WeakMap<ProviderHandle, ReturnType<typeof ourAccessTokens>>();
+  const ourTokens = async () => {
+    let find = tokenLookups.get(current);
+    if (!find) tokenLookups.set(current, find = ourAccessTokens({ provider: current.provider, issuer, jwtAccessTokens, jwks: providerJwks(keySet), audit }));
+    return find;
+  };
   let keysVersion = await signingKeysVersion(config.keysDir);
 
   let seeded: SeedResult | undefined;
@@ -225,6 +236,9 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
         db, audit, rp: relyingParty, ttlSeconds: config.breakGlass.ttlSeconds, dailyLimit: config.breakGlass.dailyLimit,
         ...breakGlassNotifications,
       },
+    }), adminApiRoutes({
+      db, audit, getProvider: () => current.provider, clientSecretKey: secrets.clientSecretKey,
+      authenticate: adminAuthenticator({ db, getProvider: () => current.provider, findToken: (value) => ourTokens().then((find) => find(value)) }),
     }), accountRoutes({
       getProvider: () => current.provider, db, audit, issuer, rp: relyingParty, recentLoginSeconds: webauthn.recentLoginSeconds,
       cookieKeys: secrets.cookieKeys,
@@ -251,6 +265,7 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
       throttle.sweep().catch(warn('login throttle'));
       sweepExpiredLaunchData(db).catch(warn('launch context'));
       sweepExpiredChallenges(db).catch(warn('webauthn challenge'));
+      sweepIdempotencyKeys(db).catch(warn('idempotency key'));
     }, SWEEP_INTERVAL_MS),
   ];
   for (const timer of timers) timer.unref();

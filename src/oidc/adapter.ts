@@ -5,6 +5,7 @@ import { errors } from 'oidc-provider';
 
 import type { StorageAudit } from '../audit/storage-events.ts';
 import type { Db, Queryable } from '../db/index.ts';
+import { digestClientSecret, isClientSecretDigest } from './client-secrets.ts';
 
 interface PayloadRow extends Record<string, unknown> {
   payload: AdapterPayload;
@@ -207,15 +208,38 @@ export function withCertificateBindingDefault(metadata: AdapterPayload): Adapter
   return { ...metadata, tls_client_certificate_bound_access_tokens: true };
 }
 
+/**
+ * Client metadata as it is stored: a client secret only as its keyed digest. oidc-provider hands a
+ * clear secret to the adapter when it creates one (RFC 7591/7592 registration); it is digested here,
+ * and with no key to digest it the write is refused (a clear secret is never stored).
+ */
+export function storableClientMetadata(payload: AdapterPayload, clientSecretKey: string | undefined): AdapterPayload {
+  const secret = payload.client_secret;
+  if (secret === undefined || isClientSecretDigest(secret)) return payload;
+  if (typeof secret !== 'string' || !clientSecretKey) throw new Error('refusing to store a client secret that is not a digest');
+  return { ...payload, client_secret: digestClientSecret(clientSecretKey, secret) };
+}
+
+/**
+ * Writes a client (its secret digested). `create`: only a new client id, resolving to false when the id
+ * is taken; otherwise insert or replace. Callers pass their transaction to write more with it.
+ */
+export async function storeClient(
+  q: Queryable, id: string, payload: AdapterPayload, clientSecretKey: string | undefined, options: { create?: boolean } = {},
+): Promise<boolean> {
+  const result = await q.query(
+    `INSERT INTO clients (client_id, metadata) VALUES ($1, $2::jsonb)
+     ON CONFLICT (client_id) DO ${options.create ? 'NOTHING' : 'UPDATE SET metadata = EXCLUDED.metadata, updated_at = now()'}`,
+    [id, serialise(storableClientMetadata(payload, clientSecretKey))],
+  );
+  return result.rowCount > 0;
+}
+
 class ClientAdapter implements Adapter {
-  constructor(private readonly db: Db) {}
+  constructor(private readonly db: Db, private readonly clientSecretKey: string | undefined) {}
 
   async upsert(id: string, payload: AdapterPayload): Promise<void> {
-    await this.db.query(
-      `INSERT INTO clients (client_id, metadata) VALUES ($1, $2::jsonb)
-       ON CONFLICT (client_id) DO UPDATE SET metadata = EXCLUDED.metadata, updated_at = now()`,
-      [id, serialise(payload)],
-    );
+    await storeClient(this.db, id, payload, this.clientSecretKey);
   }
 
   async find(id: string): Promise<AdapterPayload | undefined> {
@@ -238,11 +262,16 @@ class ClientAdapter implements Adapter {
   revokeByGrantId(): Promise<undefined> { return Promise.resolve(undefined); }
 }
 
-export function createAdapter(db: Db, audit?: StorageAudit): AdapterConstructor {
+export interface AdapterOptions {
+  /** Digests client secrets oidc-provider stores (dynamic registration); without it such a write is refused. */
+  clientSecretKey?: string | undefined;
+}
+
+export function createAdapter(db: Db, audit?: StorageAudit, options: AdapterOptions = {}): AdapterConstructor {
   return class StorageAdapter {
     constructor(model: string) {
       // Returning an object from a constructor is how oidc-provider's class-style factory gets our instance.
-      return model === 'Client' ? new ClientAdapter(db) : new PayloadAdapter(db, model, audit);
+      return model === 'Client' ? new ClientAdapter(db, options.clientSecretKey) : new PayloadAdapter(db, model, audit);
     }
   } as unknown as AdapterConstructor;
 }

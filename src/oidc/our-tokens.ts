@@ -36,7 +36,8 @@ export function ourAccessTokens(deps: OurTokenDeps): (value: string) => Promise<
       const record = await deps.jwtAccessTokens.verifiedRecord(value, jwks as never, deps.issuer);
       return record ? { record: record as TokenRecord, ref: String(record.jti) } : undefined;
     }
-    const token = await deps.provider.AccessToken.find(value);
+    // Opaque: a user's access token, or a client credentials token (stored as a model of its own).
+    const token = await deps.provider.AccessToken.find(value) ?? await deps.provider.ClientCredentials.find(value);
     if (!token || token.isExpired) return undefined;
     return { record: token as unknown as TokenRecord, ref: deps.audit?.pseudonym('token', value) ?? 'opaque' };
   };
