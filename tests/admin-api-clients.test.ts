@@ -68,6 +68,43 @@ describe('admin API: authentication and clients', () => {
     assert.equal((await bench.call('GET', '/admin/api/nothing-here', { token: bench.adminToken })).status, 404);
   });
 
+  test('issuance: admin tokens only for administrators with a passkey, or mTLS automation clients', async () => {
+    const { Browser } = await import('./support/login-flow.ts');
+    const oidc = await import('openid-client');
+    const { relyingParty } = await import('./support/relying-party.ts');
+    const { ADMIN_TOOL, PASSWORD_ADMIN, SECRET_BOT } = await import('./support/admin.ts');
+    const tool = await relyingParty(bench.ts, ADMIN_TOOL.client_id, ADMIN_TOOL.client_secret);
+    const url = async () => oidc.buildAuthorizationUrl(tool, {
+      redirect_uri: ADMIN_TOOL.redirect_uri, scope: 'openid admin:write', resource: 'urn:clinical-authz:admin', state: 's', prompt: 'consent',
+      code_challenge: await oidc.calculatePKCECodeChallenge(oidc.randomPKCECodeVerifier()), code_challenge_method: 'S256',
+    });
+    // A clinician, even with a passkey: refused at the authorization endpoint, back to the app with access_denied.
+    const { enrolPasskey } = await import('./support/login-flow.ts');
+    const { SoftAuthenticator } = await import('./support/soft-authenticator.ts');
+    const origin = new URL(bench.ts.issuer).origin;
+    const clinicianKey = new SoftAuthenticator();
+    await enrolPasskey(bench.ts, 'dr.test', 'test-password-123456', (o) => clinicianKey.register(o, { origin }));
+    const clinician = new Browser(bench.ts);
+    let step = await clinician.signIn(await clinician.follow(await clinician.get(await url())), 'dr.test', 'test-password-123456',
+      (o) => clinicianKey.authenticate(o, { origin }));
+    assert.ok(step.location, `${step.status} ${step.body.slice(0, 400)}`);
+    const denied = new URL(step.location!);
+    assert.equal(denied.searchParams.get('error'), 'access_denied');
+    assert.match(denied.searchParams.get('error_description') ?? '', /admin role is required/);
+    // An administrator without a passkey: the step-up rule on the admin audience stops at the passkey page.
+    const pwAdmin = new Browser(bench.ts);
+    step = await pwAdmin.signIn(await pwAdmin.follow(await pwAdmin.get(await url())), PASSWORD_ADMIN.username, PASSWORD_ADMIN.password);
+    assert.equal(step.location, null);
+    assert.match(step.body, /A passkey is required/);
+    // A secret-authenticated client: no admin token by client credentials.
+    const res = await bench.ts.fetch(`${bench.ts.mtlsBaseUrl}/token`, {
+      method: 'POST', body: new URLSearchParams({ grant_type: 'client_credentials', resource: 'urn:clinical-authz:admin', scope: 'admin:read' }).toString(),
+      headers: { 'content-type': 'application/x-www-form-urlencoded', authorization: `Basic ${Buffer.from(`${SECRET_BOT.client_id}:${SECRET_BOT.client_secret}`).toString('base64')}` },
+    });
+    assert.equal(res.status, 400);
+    assert.equal(((await res.json()) as { error: string }).error, 'invalid_target');
+  });
+
   test('create: secret once and hashed, idempotent replay, conflicts and metadata errors name the field', async () => {
     const created = await bench.call('POST', '/admin/api/clients', { token: bench.adminToken, body: WEB_CLIENT, headers: { 'idempotency-key': 'create-ward-1' } });
     assert.equal(created.status, 201, JSON.stringify(created.body));

@@ -6,6 +6,8 @@
 import { errors, type KoaContextWithOIDC } from 'oidc-provider';
 
 import { findUserById } from '../accounts/users.ts';
+import { ADMIN_RESOURCE, ADMIN_ROLE } from '../admin/auth.ts';
+import { MTLS_AUTH_METHODS } from '../exchange/decision.ts';
 import type { Queryable } from '../db/index.ts';
 import { decideScopes, ScopePolicyError, type ScopePolicyDecision, type ScopeFlow } from '../smart/scope-policy.ts';
 import { parseScopeList } from '../smart/scopes.ts';
@@ -59,6 +61,20 @@ async function roleCeilingFor(db: Queryable, accountId: string | undefined, flow
   return roleScopeCeiling(db, user.roles);
 }
 
+/**
+ * Admin API tokens are issued only to administrators (role `admin`; the passkey is a step-up rule on
+ * this audience, migration 013) or, by client credentials, to workloads that authenticate with mTLS.
+ */
+async function checkAdminAudience(db: Queryable, flow: ScopeFlow, accountId: string | undefined, client: Client): Promise<void> {
+  if (flow === 'system') {
+    if (!MTLS_AUTH_METHODS.has(client.clientAuthMethod ?? '')) throw new errors.InvalidTarget('the admin API is for mTLS-authenticated automation clients');
+    return;
+  }
+  if (!accountId) return; // nobody signed in yet: checked again at the resume and at the token endpoint
+  const user = await findUserById(db, accountId);
+  if (!user || user.disabled || !user.roles.includes(ADMIN_ROLE)) throw new errors.AccessDenied('the admin role is required for the admin API');
+}
+
 function toProviderError(err: unknown): never {
   if (err instanceof ScopePolicyError) {
     if (err.error === 'access_denied') throw new errors.AccessDenied(err.description);
@@ -105,6 +121,7 @@ export function smartScopeHooks(db: Queryable, options: SmartScopeOptions = {}):
         }
         const flow = flowOf(ctx);
         const source = sourceOf(ctx);
+        if (servers.has(ADMIN_RESOURCE)) await checkAdminAudience(db, flow, source.accountId, client);
         let final: ScopePolicyDecision;
         try {
           final = decideScopes({

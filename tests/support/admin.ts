@@ -2,11 +2,14 @@
 // administrator without one (password-only token), a clinician (no admin role), an mTLS automation
 // client and a secret-authenticated one, and `call` for JSON requests on the mTLS listener.
 import assert from 'node:assert/strict';
+import { X509Certificate } from 'node:crypto';
 
 import * as oidc from 'openid-client';
 import { Agent, fetch as undiciFetch } from 'undici';
 
 import { ADMIN_RESOURCE } from '../../src/admin/auth.ts';
+import { findUserByUsername } from '../../src/accounts/users.ts';
+import { ACR_PASSWORD } from '../../src/mfa/assurance.ts';
 import { applySeed, SeedSchema } from '../../src/seed/seed.ts';
 import { Browser, enrolPasskey, type PasskeyAnswerer } from './login-flow.ts';
 import { devCa, issueClientCertificate, type KeyPairPem } from './pki.ts';
@@ -30,14 +33,17 @@ export interface AdminBench {
   ts: TestServer;
   /** Administrator, passkey sign-in (acr phr), admin:read admin:write. */
   adminToken: string;
-  /** Administrator signed in with a password only. */
+  /**
+   * Administrator signed in with a password only. The server never issues this (step-up rule on the
+   * admin audience): minted in-process, as an older configuration might have, to test the API's own check.
+   */
   passwordAdminToken: string;
-  /** A clinician (no admin role) through the same admin tool. */
+  /** A clinician (no admin role) with admin scopes: never issued (role check), minted in-process likewise. */
   clinicianToken: string;
   /** ops-bot: client credentials over mTLS, bound to `opsBotCert`. */
   automationToken: string;
   opsBotCert: KeyPairPem;
-  /** secret-bot: client credentials with a client secret (not an acceptable automation client). */
+  /** secret-bot: client credentials with a client secret (not an acceptable automation client; minted likewise). */
   secretBotToken: string;
   adminKey: SoftAuthenticator;
   /** A JSON request to the admin API on the mTLS listener, presenting the test client certificate (or `cert`). */
@@ -104,15 +110,36 @@ export async function startAdminBench(): Promise<AdminBench> {
     return String(json.access_token);
   }
 
+  /** A certificate-bound admin token written straight through the provider's models (not via its endpoints). */
+  async function mint(input: { clientId: string; username?: string; acr?: string }): Promise<string> {
+    const provider = ts.server.provider();
+    const client = await provider.Client.find(input.clientId);
+    assert.ok(client);
+    const scope = 'admin:read admin:write';
+    let token;
+    if (input.username) {
+      const user = await findUserByUsername(ts.testDb.db, input.username);
+      assert.ok(user);
+      const grant = new provider.Grant({ accountId: user.id, clientId: input.clientId });
+      grant.addResourceScope(ADMIN_RESOURCE, scope);
+      token = new provider.AccessToken({ accountId: user.id, client, grantId: await grant.save(), gty: 'authorization_code', scope, extra: { acr: input.acr } });
+    } else {
+      token = new provider.ClientCredentials({ client, scope });
+    }
+    token.resourceServer = new provider.ResourceServer(ADMIN_RESOURCE, { scope, audience: ADMIN_RESOURCE, accessTokenFormat: 'opaque' } as never);
+    token.setThumbprint('x5t', new X509Certificate(ts.clientCert.certPem));
+    return token.save();
+  }
+
   const passkey: PasskeyAnswerer = (options) => adminKey.authenticate(options, { origin });
   return {
     ts,
     adminToken: await userToken(ADMIN.username, ADMIN.password, 'admin:read admin:write', passkey),
-    passwordAdminToken: await userToken(PASSWORD_ADMIN.username, PASSWORD_ADMIN.password, 'admin:read admin:write'),
-    clinicianToken: await userToken(CLINICIAN.username, CLINICIAN.password, 'admin:read admin:write'),
+    passwordAdminToken: await mint({ clientId: ADMIN_TOOL.client_id, username: PASSWORD_ADMIN.username, acr: ACR_PASSWORD }),
+    clinicianToken: await mint({ clientId: ADMIN_TOOL.client_id, username: CLINICIAN.username, acr: ACR_PASSWORD }),
     automationToken: await clientCredentials(OPS_BOT, opsBotCert),
     opsBotCert,
-    secretBotToken: await clientCredentials(SECRET_BOT.client_id, undefined, SECRET_BOT.client_secret),
+    secretBotToken: await mint({ clientId: SECRET_BOT.client_id }),
     adminKey,
     userToken,
     async call(method, path, options = {}) {
