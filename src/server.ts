@@ -21,6 +21,7 @@ import { migrate } from './db/migrate.ts';
 import { createApp, type ProviderHandle } from './http/app.ts';
 import { interactionRoutes } from './interactions/routes.ts';
 import { accountRoutes } from './interactions/account.ts';
+import { adminConsoleRoutes } from './admin/console/routes.ts';
 import { ACCOUNT_CLIENT_ID } from './oidc/account-client.ts';
 import { readRequired } from './keystore/files.ts';
 import { loadOrCreateTls, type TlsMaterial } from './keystore/pki.ts';
@@ -242,6 +243,8 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
     }), accountRoutes({
       getProvider: () => current.provider, db, audit, issuer, rp: relyingParty, recentLoginSeconds: webauthn.recentLoginSeconds,
       cookieKeys: secrets.cookieKeys,
+    }), adminConsoleRoutes({
+      getProvider: () => current.provider, db, audit, issuer, cookieKeys: secrets.cookieKeys, clientSecretKey: secrets.clientSecretKey,
     })],
   }).callback();
 

@@ -27,8 +27,18 @@ export type Reservation =
   | { granted: false }
   | ({ granted: true } & ThrottleState);
 
+// The throttle running on each database handle: the admin API's unlock holds the handle, not the key.
+const throttles = new WeakMap<Queryable, LoginThrottle>();
+
+/** The LoginThrottle last constructed on `db` (the server's), if any. */
+export function loginThrottleFor(db: Queryable): LoginThrottle | undefined {
+  return throttles.get(db);
+}
+
 export class LoginThrottle {
-  constructor(private readonly db: Queryable, private readonly key: string, private readonly policy: ThrottlePolicy) {}
+  constructor(private readonly db: Queryable, private readonly key: string, private readonly policy: ThrottlePolicy) {
+    throttles.set(db, this);
+  }
 
   private id(username: string) {
     return keyedHash(this.key, 'login-throttle', normaliseUsername(username));
@@ -67,8 +77,10 @@ export class LoginThrottle {
     return { granted: true, failures: row.failures, locked: row.locked || row.failures >= this.policy.maxFailures };
   }
 
-  async reset(username: string): Promise<void> {
-    await this.db.query('DELETE FROM login_throttle WHERE username_hash = $1', [this.id(username)]);
+  /** Clears the counter and any lock (a successful login; an administrator's unlock, in their transaction `db`). True when there was one. */
+  async reset(username: string, db: Queryable = this.db): Promise<boolean> {
+    const { rowCount } = await db.query('DELETE FROM login_throttle WHERE username_hash = $1', [this.id(username)]);
+    return rowCount > 0;
   }
 
   /**

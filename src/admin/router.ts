@@ -11,6 +11,12 @@ import type { Db } from '../db/index.ts';
 import { AdminAuthError, type AdminPrincipal, type AdminScope } from './auth.ts';
 import { AdminHttpError } from './http.ts';
 import { clientRoutes } from './api/clients.ts';
+import { careTeamRoutes } from './api/care-teams.ts';
+import { launchRoutes } from './api/launches.ts';
+import { userRoutes } from './api/users.ts';
+import { resourceServerAndExchangePolicyRoutes } from './api/exchange-policies.ts';
+import { breakGlassRoutes } from './api/break-glass.ts';
+import { auditRoutes } from './api/audit.ts';
 
 export interface AdminApiDeps {
   db: Db;
@@ -61,6 +67,12 @@ export function adminApiRoutes(deps: AdminApiDeps): Koa.Middleware {
   const router = new Router({ prefix: '/admin/api' });
   router.use(adminErrors);
   clientRoutes(router, deps);
+  userRoutes(router, deps);
+  careTeamRoutes(router, deps);
+  launchRoutes(router, deps);
+  resourceServerAndExchangePolicyRoutes(router, deps);
+  breakGlassRoutes(router, deps);
+  auditRoutes(router, deps);
   const routes = router.routes();
   const methods = router.allowedMethods();
   return async (ctx, next) => {

@@ -9,6 +9,7 @@ import {
 import { careTeamAddCommand, careTeamEndCommand, careTeamListCommand } from './commands/care-team.ts';
 import { clientAddCommand } from './commands/client-add.ts';
 import { exchangePolicyListCommand, exchangePolicyRemoveCommand, exchangePolicySetCommand } from './commands/exchange-policy.ts';
+import { iatCreateCommand } from './commands/iat.ts';
 import { keysRotateCommand } from './commands/keys-rotate.ts';
 import { launchCreateCommand } from './commands/launch-create.ts';
 import { migrateCommand } from './commands/migrate.ts';
@@ -25,6 +26,7 @@ const COMMANDS: readonly Command[] = [
   patientAddCommand, careTeamAddCommand, careTeamEndCommand, careTeamListCommand, launchCreateCommand, roleSetCommand,
   exchangePolicySetCommand, exchangePolicyListCommand, exchangePolicyRemoveCommand, passkeyListCommand, passkeyResetCommand,
   breakGlassListCommand, breakGlassReviewCommand, breakGlassDisableCommand, breakGlassEnableCommand, breakGlassRevokeCommand,
+  iatCreateCommand,
 ];
 
 // Libraries (oidc-provider notices) may write to the console: keep stdout for the JSON result.

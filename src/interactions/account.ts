@@ -1,7 +1,7 @@
 // The account pages (/account): a signed-in clinician lists, adds and removes passkeys. Who is signed
 // in comes from the oidc-provider session (the same cookie the authorization endpoint uses); signing
 // in and confirming identity go through the authorization endpoint as the first-party account client.
-import { createHmac, randomBytes, timingSafeEqual } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 
 import type Koa from 'koa';
 import type Provider from 'oidc-provider';
@@ -14,6 +14,7 @@ import { ACR_PHISHING_RESISTANT, acrLevel } from '../mfa/assurance.ts';
 import { listCredentials, removeCredential } from '../mfa/credentials.ts';
 import { parseRegistration, registrationOptions, verifyRegistration, WebAuthnError, type RelyingParty } from '../mfa/webauthn.ts';
 import { ACCOUNT_CALLBACK_PATH, ACCOUNT_CLIENT_ID } from '../oidc/account-client.ts';
+import { firstPartySession, returnPath, type SignedIn } from './first-party-session.ts';
 import { accountPage } from '../../views/account.ts';
 import { errorPage } from '../../views/messages.ts';
 
@@ -32,13 +33,6 @@ export interface AccountDeps {
 const STATE_COOKIE = 'account_state';
 const NAME = /^[\p{L}\p{N} ._()-]{1,64}$/u;
 
-interface SignedIn {
-  accountId: string;
-  sessionUid: string;
-  acr: string | undefined;
-  loginTs: number | undefined;
-}
-
 function send(ctx: Koa.Context, status: number, body: string) {
   ctx.status = status;
   ctx.type = 'html';
@@ -47,20 +41,8 @@ function send(ctx: Koa.Context, status: number, body: string) {
 }
 
 export function accountRoutes(deps: AccountDeps): Koa.Middleware {
-  const csrfKey = createHmac('sha256', deps.cookieKeys[0]!).update('account-csrf').digest();
-  const csrfFor = (sessionUid: string) => createHmac('sha256', csrfKey).update(sessionUid).digest('base64url');
-  const csrfValid = (sessionUid: string, token: string | null | undefined) => {
-    const expected = Buffer.from(csrfFor(sessionUid));
-    const given = Buffer.from(token ?? '');
-    return given.length === expected.length && timingSafeEqual(given, expected);
-  };
-
-  async function signedIn(ctx: Koa.Context): Promise<SignedIn | undefined> {
-    const provider = deps.getProvider();
-    const session = await provider.Session.get(ctx as never);
-    if (!session.accountId) return undefined;
-    return { accountId: session.accountId, sessionUid: session.uid, acr: session.acr, loginTs: session.loginTs };
-  }
+  const session = firstPartySession(deps, 'account-csrf');
+  const { signedIn, csrfFor, csrfValid } = session;
 
   const recent = (s: SignedIn) => s.loginTs !== undefined && Date.now() / 1000 - s.loginTs <= deps.recentLoginSeconds;
   const strong = (s: SignedIn) => acrLevel(s.acr) >= acrLevel(ACR_PHISHING_RESISTANT);
@@ -69,9 +51,14 @@ export function accountRoutes(deps: AccountDeps): Koa.Middleware {
   const mayAdd = (s: SignedIn, count: number) => recent(s) && (count === 0 || strong(s));
   const mayRemove = (s: SignedIn) => recent(s) && strong(s);
 
-  function startSignIn(ctx: Koa.Context, reauth: { passkey: boolean } | undefined) {
+  /**
+   * `fresh`: sign in again (max_age=0); `passkey`: with a passkey (acr_values phr); `returnTo`: the
+   * first-party page to come back to (default /account), kept with the state in its signed cookie.
+   */
+  function startSignIn(ctx: Koa.Context, reauth: { fresh?: boolean; passkey: boolean } | undefined, returnTo = '/account') {
     const state = randomBytes(24).toString('base64url');
-    ctx.cookies.set(STATE_COOKIE, state, { signed: true, httpOnly: true, secure: true, sameSite: 'lax', path: '/account', maxAge: 600_000 });
+    const cookie = returnTo === '/account' ? state : `${state}.${Buffer.from(returnTo).toString('base64url')}`;
+    ctx.cookies.set(STATE_COOKIE, cookie, { signed: true, httpOnly: true, secure: true, sameSite: 'lax', path: '/account', maxAge: 600_000 });
     const url = new URL(`${deps.issuer}/auth`);
     url.search = new URLSearchParams({
       client_id: ACCOUNT_CLIENT_ID,
@@ -79,7 +66,7 @@ export function accountRoutes(deps: AccountDeps): Koa.Middleware {
       redirect_uri: `${deps.issuer}${ACCOUNT_CALLBACK_PATH}`,
       scope: 'openid',
       state,
-      ...(reauth ? { max_age: '0', ...(reauth.passkey ? { acr_values: ACR_PHISHING_RESISTANT } : {}) } : {}),
+      ...(reauth ? { ...(reauth.fresh !== false ? { max_age: '0' } : {}), ...(reauth.passkey ? { acr_values: ACR_PHISHING_RESISTANT } : {}) } : {}),
     }).toString();
     ctx.redirect(url.href);
   }
@@ -113,16 +100,12 @@ export function accountRoutes(deps: AccountDeps): Koa.Middleware {
   /** POSTs: signed in, same origin, the session's CSRF token. */
   async function guardedPost(ctx: Koa.Context): Promise<{ s: SignedIn; form: Awaited<ReturnType<typeof readForm>> } | undefined> {
     const s = await signedIn(ctx);
-    const origin = ctx.get('Origin');
     const form = await readForm(ctx);
     if (!s) {
       send(ctx, 401, errorPage('login_required', 'Sign in first.'));
       return undefined;
     }
-    // Our pages send no referrer, so browsers say `Origin: null`; another site's origin is refused outright.
-    // The session-bound CSRF token (and SameSite cookies) are what stop a forged form.
-    const foreign = origin !== '' && origin !== 'null' && origin !== new URL(deps.issuer).origin;
-    if (foreign || !csrfValid(s.sessionUid, form.get('csrf'))) {
+    if (session.foreignOrigin(ctx) || !csrfValid(s.sessionUid, form.get('csrf'))) {
       send(ctx, 403, errorPage('invalid_request', 'The form has expired or did not come from this site. Reload the page and try again.'));
       return undefined;
     }
@@ -142,18 +125,22 @@ export function accountRoutes(deps: AccountDeps): Koa.Middleware {
     }
     if (ctx.method === 'GET' && ctx.path === '/account/login') {
       const s = await signedIn(ctx);
+      // Other first-party pages (the admin console) send their users here: `return` names the page to
+      // come back to, `passkey=1` asks for a passkey sign-in.
+      const passkey = ctx.query.passkey === '1';
       const reauth = ctx.query.reauth === '1' && s
-        ? { passkey: (await listCredentials(deps.db, s.accountId)).length > 0 } : undefined;
-      return startSignIn(ctx, reauth);
+        ? { passkey: passkey || (await listCredentials(deps.db, s.accountId)).length > 0 }
+        : passkey ? { fresh: false, passkey } : undefined;
+      return startSignIn(ctx, reauth, returnPath(ctx.query.return));
     }
     if (ctx.method === 'GET' && ctx.path === ACCOUNT_CALLBACK_PATH) {
-      const expected = ctx.cookies.get(STATE_COOKIE, { signed: true });
+      const [expected, returnTo] = (ctx.cookies.get(STATE_COOKIE, { signed: true }) ?? '').split('.');
       ctx.cookies.set(STATE_COOKIE, null, { path: '/account' });
       if (!expected || ctx.query.state !== expected) return send(ctx, 400, errorPage('invalid_request', 'The sign-in response does not match this browser. Start again.'));
       if (typeof ctx.query.error === 'string') {
         return send(ctx, 400, errorPage(ctx.query.error.slice(0, 64), typeof ctx.query.error_description === 'string' ? ctx.query.error_description.slice(0, 200) : undefined));
       }
-      ctx.redirect('/account');
+      ctx.redirect(returnPath(returnTo && Buffer.from(returnTo, 'base64url').toString()) ?? '/account');
       return;
     }
     if (ctx.method === 'POST' && ctx.path === '/account/passkeys') {

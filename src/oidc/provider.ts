@@ -27,6 +27,7 @@ import { ACR_VALUES } from '../mfa/assurance.ts';
 import { installInsufficientAuthenticationBodies } from './insufficient-authentication.ts';
 import { enforceClientPolicy } from '../clients/metadata-policy.ts';
 import { BREAK_GLASS_METADATA, BreakGlassGrants, validateBreakGlassMetadata } from './break-glass-grants.ts';
+import { installRegistration, REGISTRATION_FEATURE, REGISTRATION_MANAGEMENT_FEATURE } from './registration.ts';
 
 export interface ProviderDeps {
   config: Config;
@@ -98,7 +99,7 @@ export function buildProvider(deps: ProviderDeps): BuiltProvider {
   const grantContexts = new GrantContexts(db, (ctx, grantId) => breakGlass.grantsPatientAccess(ctx, grantId));
 
   const configuration: Configuration = {
-    adapter: createAdapter(db, deps.storageAudit),
+    adapter: createAdapter(db, deps.storageAudit, { clientSecretKey: deps.clientSecretKey }),
     jwks: deps.jwks as Configuration['jwks'],
     findAccount: accountFinder(db),
     claims: CLAIMS,
@@ -183,6 +184,9 @@ export function buildProvider(deps: ProviderDeps): BuiltProvider {
       devInteractions: { enabled: false },
       mTLS: mtlsFeature(deps.clientTrust ?? { certificates: [] }),
       clientCredentials: { enabled: true },
+      // RFC 7591/7592 with single-use initial access tokens (src/oidc/registration.ts).
+      registration: REGISTRATION_FEATURE,
+      registrationManagement: REGISTRATION_MANAGEMENT_FEATURE,
       introspection: {
         enabled: true,
         // Zero trust: a client introspects the tokens issued to itself, and a resource server's own
@@ -256,6 +260,7 @@ export function buildProvider(deps: ProviderDeps): BuiltProvider {
   });
   jwtAccessTokens.install(provider);
   installInsufficientAuthenticationBodies(provider);
+  installRegistration(provider, { db, clientSecretKey: deps.clientSecretKey, audit: deps.audit, logger });
 
   provider.on('server_error', (ctx: KoaContextWithOIDC, err: Error) => {
     logger.error({ err: { name: err.name, message: err.message }, path: ctx.path, requestId: ctx.state?.requestId }, 'server_error');
