@@ -3,6 +3,7 @@
 // in `admin_changes` (audit details hold short identifiers only).
 import { createHash, randomBytes } from 'node:crypto';
 
+import type { AuditDetailValue } from '../audit/event.ts';
 import type { AuditLog } from '../audit/log.ts';
 import type { Queryable } from '../db/index.ts';
 import type { AdminPrincipal } from './auth.ts';
@@ -43,6 +44,8 @@ export interface AdminChange {
   before: unknown;
   after: unknown;
   severity?: 'info' | 'warning' | 'high';
+  /** More short identifiers for the audit event (e.g. a review outcome); never free text. */
+  details?: Record<string, AuditDetailValue | undefined>;
 }
 
 /** Records the change in the caller's transaction: both commit with the change itself, or nothing does. */
@@ -64,6 +67,7 @@ export async function recordAdminChange(tx: Queryable, audit: AuditLog, principa
     details: {
       change_id: id, target_kind: change.target.kind, target_id: change.target.patientId ? undefined : change.target.id,
       target_user: change.target.userId, fields: changedFields(before, after), before_sha256: sha256(before), after_sha256: sha256(after),
+      ...change.details,
     },
   }, tx);
   return id;

@@ -81,5 +81,7 @@ export function adminApiRoutes(deps: AdminApiDeps): Koa.Middleware {
       await methods(ctx as never, async () => undefined);
     });
     if (ctx.status === 404 && ctx.body === undefined) fail(ctx, 404, { error: 'not_found', error_description: 'no such admin API resource' });
+    // allowedMethods answers 405/501 in plain text: the same JSON shape as every other refusal (Allow kept).
+    if (ctx.status === 405 || ctx.status === 501) fail(ctx, ctx.status, { error: 'invalid_request', error_description: `method not allowed (allowed: ${ctx.response.get('Allow') || 'none'})` });
   };
 }
