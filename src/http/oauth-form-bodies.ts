@@ -40,8 +40,8 @@ export function parseFormStrict(raw: string): FormBody {
 
 export function oauthFormBodies(): Koa.Middleware {
   return async (ctx, next) => {
-    // Our own pages (interactions, account) read their forms themselves.
-    if (ctx.method !== 'POST' || ctx.path.startsWith('/interaction/') || ctx.path.startsWith('/account/') || !ctx.is('application/x-www-form-urlencoded')) {
+    // Our own pages (interactions, account, admin console) read their forms themselves.
+    if (ctx.method !== 'POST' || ctx.path.startsWith('/interaction/') || ctx.path.startsWith('/account/') || ctx.path.startsWith('/admin/') || !ctx.is('application/x-www-form-urlencoded')) {
       return next();
     }
     const charset = /;\s*charset\s*=\s*"?([^";\s]+)/i.exec(ctx.get('content-type'))?.[1];
