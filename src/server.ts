@@ -238,7 +238,7 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
         ...breakGlassNotifications,
       },
     }), adminApiRoutes({
-      db, audit, getProvider: () => current.provider, clientSecretKey: secrets.clientSecretKey,
+      db, audit, getProvider: () => current.provider, clientSecretKey: secrets.clientSecretKey, loginThrottle: throttle,
       authenticate: adminAuthenticator({ db, getProvider: () => current.provider, findToken: (value) => ourTokens().then((find) => find(value)) }),
     }), accountRoutes({
       getProvider: () => current.provider, db, audit, issuer, rp: relyingParty, recentLoginSeconds: webauthn.recentLoginSeconds,

@@ -27,18 +27,8 @@ export type Reservation =
   | { granted: false }
   | ({ granted: true } & ThrottleState);
 
-// The throttle running on each database handle: the admin API's unlock holds the handle, not the key.
-const throttles = new WeakMap<Queryable, LoginThrottle>();
-
-/** The LoginThrottle last constructed on `db` (the server's), if any. */
-export function loginThrottleFor(db: Queryable): LoginThrottle | undefined {
-  return throttles.get(db);
-}
-
 export class LoginThrottle {
-  constructor(private readonly db: Queryable, private readonly key: string, private readonly policy: ThrottlePolicy) {
-    throttles.set(db, this);
-  }
+  constructor(private readonly db: Queryable, private readonly key: string, private readonly policy: ThrottlePolicy) {}
 
   private id(username: string) {
     return keyedHash(this.key, 'login-throttle', normaliseUsername(username));

@@ -5,6 +5,7 @@ import Router, { type RouterContext, type RouterMiddleware } from '@koa/router';
 import type Koa from 'koa';
 import type Provider from 'oidc-provider';
 
+import type { LoginThrottle } from '../accounts/login-throttle.ts';
 import type { AuditLog } from '../audit/log.ts';
 import { ClientRegistrationError } from '../clients/register.ts';
 import type { Db } from '../db/index.ts';
@@ -23,6 +24,8 @@ export interface AdminApiDeps {
   audit: AuditLog;
   getProvider(): Provider;
   clientSecretKey: string;
+  /** The failed-login lock (unlock clears it). */
+  loginThrottle: LoginThrottle;
   authenticate(ctx: Koa.Context, scope: AdminScope): Promise<AdminPrincipal>;
 }
 

@@ -4,7 +4,6 @@
 // change needs If-Match, locks the user's row and is recorded in the same transaction.
 import type Router from '@koa/router';
 
-import { loginThrottleFor } from '../../accounts/login-throttle.ts';
 import { createUser, NewUserSchema, normaliseUsername, UserExistsError, USERNAME_PATTERN } from '../../accounts/users.ts';
 import { endUserBreakGlass, setBreakGlassDisabled } from '../../break-glass/events.ts';
 import { keyedHash } from '../../crypto/keyed-hash.ts';
@@ -270,9 +269,7 @@ export function userRoutes(router: Router, deps: AdminApiDeps): void {
   }));
 
   router.post('/users/:id/unlock', change('admin.user_unlocked', async (tx, current) => {
-    const throttle = loginThrottleFor(deps.db);
-    if (!throttle) throw new AdminHttpError(503, 'temporarily_unavailable', 'no login throttle runs on this database');
-    const cleared = await throttle.reset(current.username, tx);
+    const cleared = await deps.loginThrottle.reset(current.username, tx);
     return { extra: { cleared }, before: { failedLoginCounter: cleared }, after: { failedLoginCounter: false }, severity: 'warning' };
   }));
 
