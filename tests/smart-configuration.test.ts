@@ -37,6 +37,8 @@ describe('/.well-known/smart-configuration', () => {
     assert.equal(doc.introspection_endpoint, oidcDoc.introspection_endpoint);
     assert.equal(doc.revocation_endpoint, oidcDoc.revocation_endpoint);
     assert.equal(doc.userinfo_endpoint, oidcDoc.userinfo_endpoint);
+    assert.equal(doc.registration_endpoint, oidcDoc.registration_endpoint);
+    assert.equal(doc.registration_endpoint, `${ts.issuer}/reg`);
   });
 
   test('REQUIRED: grant_types_supported, code_challenge_methods_supported (S256 only), capabilities', () => {

@@ -51,6 +51,8 @@ export async function smartConfiguration(options: SmartConfigurationOptions): Pr
     introspection_endpoint: url(ROUTES.introspection),
     revocation_endpoint: url(ROUTES.revocation),
     userinfo_endpoint: url(ROUTES.userinfo),
+    // RFC 7591 (with an initial access token from an administrator).
+    registration_endpoint: url(ROUTES.registration),
     grant_types_supported: ['authorization_code', 'client_credentials', 'refresh_token'],
     token_endpoint_auth_methods_supported: [...options.tokenEndpointAuthMethods],
     token_endpoint_auth_signing_alg_values_supported: ['ES256', 'PS256', 'RS256', 'EdDSA'],
