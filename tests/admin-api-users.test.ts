@@ -17,7 +17,7 @@ import { SoftAuthenticator } from './support/soft-authenticator.ts';
 import { APP, CLINICIAN } from './support/test-server.ts';
 
 const PATIENT = 'pat-zx91';
-const NURSE = { username: 'Nurse.Jo', password: 'nurse-jo-password-2024', displayName: 'Jo Nurse', fhirUser: 'Practitioner/nj-1', roles: ['clinician', 'clinician'] };
+const NURSE = { username: 'Nurse.Jo', password: 'nurse-jo-password-2024', display_name: 'Jo Nurse', fhir_user: 'Practitioner/nj-1', roles: ['clinician', 'clinician'] };
 const OPS = { username: 'ops.admin', password: 'ops-admin-password-2024' };
 
 describe('admin API: users, care teams, launches', () => {
@@ -88,8 +88,8 @@ describe('admin API: users, care teams, launches', () => {
     const user = created.body.user as Record<string, unknown>;
     const id = String(user.id);
     assert.deepEqual(
-      { ...user, id: undefined, createdAt: undefined, updatedAt: undefined },
-      { id: undefined, username: 'nurse.jo', displayName: 'Jo Nurse', fhirUser: 'Practitioner/nj-1', roles: ['clinician'], disabled: false, breakGlassDisabled: false, passkeys: 0, createdAt: undefined, updatedAt: undefined },
+      { ...user, id: undefined, created_at: undefined, updated_at: undefined },
+      { id: undefined, username: 'nurse.jo', display_name: 'Jo Nurse', fhir_user: 'Practitioner/nj-1', roles: ['clinician'], disabled: false, break_glass_disabled: false, passkeys: 0, created_at: undefined, updated_at: undefined },
     );
     assert.equal(created.headers.get('location'), `/admin/api/users/${id}`);
     assert.ok(!JSON.stringify(created.body).includes(NURSE.password), 'the password is never echoed');
@@ -111,9 +111,9 @@ describe('admin API: users, care teams, launches', () => {
       [{ username: 'bad.user' }, 'password', /^password is required/],
       [{ ...bad, password: 'short' }, 'password', /^password must have at least 12 characters/],
       [{ ...bad, password: 'p'.repeat(257) }, 'password', /^password: /],
-      [{ ...bad, displayName: '' }, 'displayName', /^displayName: /],
-      [{ ...bad, displayName: 'Bell\u0007' }, 'displayName', /^displayName must not contain control characters/],
-      [{ ...bad, fhirUser: 'Observation/1' }, 'fhirUser', /^fhirUser must be a FHIR reference/],
+      [{ ...bad, display_name: '' }, 'display_name', /^display_name: /],
+      [{ ...bad, display_name: 'Bell\u0007' }, 'display_name', /^display_name must not contain control characters/],
+      [{ ...bad, fhir_user: 'Observation/1' }, 'fhir_user', /^fhir_user must be a FHIR reference/],
       [{ ...bad, roles: ['Admin'] }, 'roles', /^roles: /],
       [{ ...bad, roles: 'clinician' }, 'roles', /^roles: /],
       [{ ...bad, isAdmin: true }, 'isAdmin', /^isAdmin is not a user field/],
@@ -148,28 +148,28 @@ describe('admin API: users, care teams, launches', () => {
 
     // Update: If-Match required, a stale one refused, bad fields named.
     const path = `/admin/api/users/${id}`;
-    const change1 = { displayName: 'Jo N.', roles: ['clinician', 'charge_nurse'] };
+    const change1 = { display_name: 'Jo N.', roles: ['clinician', 'charge_nurse'] };
     refused(await call('PATCH', path, { body: change1 }), 428, 'precondition_required');
     const updated = await call('PATCH', path, { body: change1, headers: ifMatch(read) });
     assert.equal(updated.status, 200, JSON.stringify(updated.body));
     assert.deepEqual((updated.body.user as Record<string, unknown>).roles, ['clinician', 'charge_nurse']);
     assert.notEqual(updated.headers.get('etag'), read.headers.get('etag'));
-    refused(await call('PATCH', path, { body: { displayName: 'Lost update' }, headers: ifMatch(read) }), 412, 'precondition_failed');
+    refused(await call('PATCH', path, { body: { display_name: 'Lost update' }, headers: ifMatch(read) }), 412, 'precondition_failed');
     const badUpdates: Array<[Record<string, unknown>, string | undefined, RegExp]> = [
       [{ password: 'x'.repeat(20) }, 'password', /^password is write-only/],
       [{ username: 'someone.else' }, 'username', /^username cannot be changed here/],
-      [{}, undefined, /^the body must change at least one of displayName, fhirUser, roles/],
-      [{ fhirUser: 'Practitioner/a b' }, 'fhirUser', /^fhirUser must be a FHIR reference/],
-      [{ displayName: 7 }, 'displayName', /^displayName: /],
+      [{}, undefined, /^the body must change at least one of display_name, fhir_user, roles/],
+      [{ fhir_user: 'Practitioner/a b' }, 'fhir_user', /^fhir_user must be a FHIR reference/],
+      [{ display_name: 7 }, 'display_name', /^display_name: /],
       [{ roles: ['ok', 'Not OK'] }, 'roles', /^roles must be an array/],
     ];
     for (const [body, field, description] of badUpdates) refused(await call('PATCH', path, { body, headers: ifMatch(updated) }), 400, 'invalid_request', field, description);
-    const cleared = await call('PATCH', path, { body: { fhirUser: null }, headers: ifMatch(updated) });
+    const cleared = await call('PATCH', path, { body: { fhir_user: null }, headers: ifMatch(updated) });
     assert.equal(cleared.status, 200);
-    assert.equal((cleared.body.user as Record<string, unknown>).fhirUser, null);
+    assert.equal((cleared.body.user as Record<string, unknown>).fhir_user, null);
     const { event: updateEvent, change: updateChange } = await lastChange('admin.user_updated');
-    assert.deepEqual(updateEvent.details.fields, ['fhirUser', 'updatedAt']);
-    assert.equal(updateChange.before!.fhirUser, 'Practitioner/nj-1');
+    assert.deepEqual(updateEvent.details.fields, ['fhir_user', 'updated_at']);
+    assert.equal(updateChange.before!.fhir_user, 'Practitioner/nj-1');
 
     // An administrator cannot take their own admin role away.
     const me = (await call('GET', '/admin/api/users?username=dr.admin')).body.users as Array<{ id: string }>;
@@ -205,7 +205,7 @@ describe('admin API: users, care teams, launches', () => {
     refused(await call('POST', `${path}/enable`, { headers: ifMatch(current) }), 412, 'precondition_failed');
     const { event } = await lastChange('admin.user_disabled');
     assert.equal(event.severity, 'high');
-    assert.deepEqual(event.details.fields, ['disabled', 'updatedAt']);
+    assert.deepEqual(event.details.fields, ['disabled', 'updated_at']);
     const me = ((await call('GET', '/admin/api/users?username=dr.admin')).body.users as Array<{ id: string }>)[0]!.id;
     refused(await call('POST', `/admin/api/users/${me}/disable`, { headers: ifMatch(await call('GET', `/admin/api/users/${me}`)) }), 409, 'conflict');
     refused(await call('POST', '/admin/api/users/no-such-user/disable', { headers: { 'if-match': '*' } }), 404, 'not_found');
@@ -228,7 +228,7 @@ describe('admin API: users, care teams, launches', () => {
     assert.equal(await passwordAccepted(OPS.username, OPS.password), true);
     assert.deepEqual((await lastChange('admin.user_unlocked')).event.details.fields, []);
     const unlockEvents = await db().query<{ details: { fields: string[] } }>("SELECT details FROM audit_events WHERE type = 'admin.user_unlocked' ORDER BY seq");
-    assert.deepEqual(unlockEvents.rows.map((r) => r.details.fields), [['failedLoginCounter'], []]);
+    assert.deepEqual(unlockEvents.rows.map((r) => r.details.fields), [['failed_login_counter'], []]);
 
     // Passkey reset: every WebAuthn credential of the user goes (the API never shows the keys); an
     // admin token now needs a new passkey first.
@@ -248,10 +248,10 @@ describe('admin API: users, care teams, launches', () => {
     // The break-glass switch.
     const bgOff = await call('POST', `${path}/break-glass/disable`, { headers: ifMatch(reset) });
     assert.equal(bgOff.status, 200);
-    assert.deepEqual([(bgOff.body.user as Record<string, unknown>).breakGlassDisabled, bgOff.body.changed], [true, true]);
+    assert.deepEqual([(bgOff.body.user as Record<string, unknown>).break_glass_disabled, bgOff.body.changed], [true, true]);
     assert.equal((await call('POST', `${path}/break-glass/disable`, { headers: ifMatch(bgOff) })).body.changed, false);
     const bgOn = await call('POST', `${path}/break-glass/enable`, { headers: ifMatch(await call('GET', path)) });
-    assert.deepEqual([(bgOn.body.user as Record<string, unknown>).breakGlassDisabled, bgOn.body.changed], [false, true]);
+    assert.deepEqual([(bgOn.body.user as Record<string, unknown>).break_glass_disabled, bgOn.body.changed], [false, true]);
     assert.deepEqual((await lastChange('admin.user_break_glass_disabled')).event.details.fields, []);
     assert.equal(await countEvents('admin.user_break_glass_disabled'), 2);
     refused(await call('POST', `${path}/break-glass/enable`, { token: bench.clinicianToken, headers: ifMatch(bgOn) }), 403, 'insufficient_scope');
@@ -262,7 +262,7 @@ describe('admin API: users, care teams, launches', () => {
     const teamPath = `/admin/api/users/${clinician}/care-team`;
     const team = await call('GET', teamPath);
     assert.equal(team.status, 200);
-    const patients = (res: AdminResponse) => ((res.body.careTeam ?? res.body) as { memberships: Array<{ patient: string; current: boolean }> }).memberships.map((m) => `${m.patient}${m.current ? '' : ' (later)'}`);
+    const patients = (res: AdminResponse) => ((res.body.care_team ?? res.body) as { memberships: Array<{ patient: string; current: boolean }> }).memberships.map((m) => `${m.patient}${m.current ? '' : ' (later)'}`);
     assert.deepEqual(patients(team), ['p1', 'p2']);
     assert.match(team.headers.get('etag') ?? '', /^"[A-Za-z0-9_-]{27}"$/);
     refused(await call('GET', '/admin/api/users/nobody/care-team'), 404, 'not_found');
@@ -280,7 +280,7 @@ describe('admin API: users, care teams, launches', () => {
     assert.deepEqual([again.status, again.body.added], [200, false]);
     assert.equal(await countEvents('admin.care_team_added'), 1, 'nothing changed, nothing recorded');
     refused(await call('POST', '/admin/api/care-team', { body: { user: clinician, patient: 'p3' }, headers: ifMatch(team) }), 412, 'precondition_failed');
-    const later = await call('POST', '/admin/api/care-team', { body: { user: clinician, patient: 'p3', validFrom: '2999-01-01', validTo: '2999-02-01T00:00:00Z' }, headers: ifMatch(added) });
+    const later = await call('POST', '/admin/api/care-team', { body: { user: clinician, patient: 'p3', valid_from: '2999-01-01', valid_to: '2999-02-01T00:00:00Z' }, headers: ifMatch(added) });
     assert.equal(later.status, 201, JSON.stringify(later.body));
     assert.deepEqual(patients(later), ['p1', 'p2', 'p3 (later)', PATIENT]);
 
@@ -290,10 +290,10 @@ describe('admin API: users, care teams, launches', () => {
       [{ user: clinician }, 'patient', /^patient is required/],
       [{ user: clinician, patient: 'Observation/1' }, 'patient', /^patient must be a FHIR Patient id/],
       [{ user: clinician, patient: 'nope-404' }, 'patient', /^patient is not a known patient/],
-      [{ user: clinician, patient: 'p3', validFrom: 'yesterday' }, 'validFrom', /^validFrom must be an ISO 8601/],
-      [{ user: clinician, patient: 'p3', validTo: 12 }, 'validTo', /^validTo must be an ISO 8601/],
-      [{ user: clinician, patient: 'p3', validFrom: '2030-01-02', validTo: '2030-01-01' }, 'validTo', /^validTo must be after validFrom/],
-      [{ user: clinician, patient: 'p3', validTo: '2001-01-01' }, 'validTo', /^validTo must be after/],
+      [{ user: clinician, patient: 'p3', valid_from: 'yesterday' }, 'valid_from', /^valid_from must be an ISO 8601/],
+      [{ user: clinician, patient: 'p3', valid_to: 12 }, 'valid_to', /^valid_to must be an ISO 8601/],
+      [{ user: clinician, patient: 'p3', valid_from: '2030-01-02', valid_to: '2030-01-01' }, 'valid_to', /^valid_to must be after valid_from/],
+      [{ user: clinician, patient: 'p3', valid_to: '2001-01-01' }, 'valid_to', /^valid_to must be after/],
       [{ user: clinician, patient: 'p3', role: 'nurse' }, 'role', /^role is not a care-team field/],
     ];
     for (const [body, field, description] of invalid) refused(await call('POST', '/admin/api/care-team', { body }), 400, 'invalid_request', field, description);
@@ -327,26 +327,26 @@ describe('admin API: users, care teams, launches', () => {
 
   test('launches: the value once (never recorded), idempotent replay without it, field errors', async () => {
     const clinician = ((await call('GET', `/admin/api/users?username=${CLINICIAN.username}`)).body.users as Array<{ id: string }>)[0]!.id;
-    const body = { patient: `Patient/${PATIENT}`, encounter: 'Encounter/enc-5', client: APP.client_id, user: clinician, ttlSeconds: 120 };
+    const body = { patient: `Patient/${PATIENT}`, encounter: 'Encounter/enc-5', client: APP.client_id, user: clinician, ttl_seconds: 120 };
     const started = Date.now();
     const created = await call('POST', '/admin/api/launches', { body, headers: { 'idempotency-key': 'launch-1' } });
     assert.equal(created.status, 201, JSON.stringify(created.body));
     const launch = String(created.body.launch);
     assert.match(launch, /^[A-Za-z0-9_-]{43}$/);
-    assert.deepEqual({ ...created.body, launch: undefined, expiresAt: undefined }, { launch: undefined, patient: PATIENT, encounter: 'enc-5', client: APP.client_id, user: clinician, expiresAt: undefined });
-    const expiresIn = Date.parse(String(created.body.expiresAt)) - started;
+    assert.deepEqual({ ...created.body, launch: undefined, expires_at: undefined }, { launch: undefined, patient: PATIENT, encounter: 'enc-5', client: APP.client_id, user: clinician, expires_at: undefined });
+    const expiresIn = Date.parse(String(created.body.expires_at)) - started;
     assert.ok(expiresIn > 110_000 && expiresIn < 130_000, String(expiresIn));
-    assert.deepEqual(await resolveLaunch(db(), launch), { patientId: PATIENT, encounterId: 'enc-5', clientId: APP.client_id, userId: clinician, expiresAt: new Date(String(created.body.expiresAt)) });
+    assert.deepEqual(await resolveLaunch(db(), launch), { patientId: PATIENT, encounterId: 'enc-5', clientId: APP.client_id, userId: clinician, expiresAt: new Date(String(created.body.expires_at)) });
 
     const replay = await call('POST', '/admin/api/launches', { body, headers: { 'idempotency-key': 'launch-1' } });
     assert.deepEqual([replay.status, replay.headers.get('idempotent-replayed')], [201, 'true']);
     assert.equal(replay.body.launch, undefined);
-    assert.equal(replay.body.launchShown, 'in the first response only');
-    assert.equal(replay.body.expiresAt, created.body.expiresAt);
+    assert.equal(replay.body.launch_shown, 'in the first response only');
+    assert.equal(replay.body.expires_at, created.body.expires_at);
 
     const minimal = await call('POST', '/admin/api/launches', { body: { patient: PATIENT } });
     assert.equal(minimal.status, 201);
-    const ttl = Date.parse(String(minimal.body.expiresAt)) - Date.now();
+    const ttl = Date.parse(String(minimal.body.expires_at)) - Date.now();
     assert.ok(ttl > 290_000 && ttl <= 300_000, String(ttl));
     assert.notEqual(minimal.body.launch, launch);
 
@@ -358,10 +358,10 @@ describe('admin API: users, care teams, launches', () => {
       [{ patient: PATIENT, client: 'no-such-client' }, 'client', /^client is not a registered client/],
       [{ patient: PATIENT, client: 5 }, 'client', /^client must be a client id/],
       [{ patient: PATIENT, user: 'nobody' }, 'user', /^user is not a known user id/],
-      [{ patient: PATIENT, ttlSeconds: 0 }, 'ttlSeconds', /^ttlSeconds must be a whole number of seconds from 1 to 3600/],
-      [{ patient: PATIENT, ttlSeconds: 3601 }, 'ttlSeconds', /^ttlSeconds/],
-      [{ patient: PATIENT, ttlSeconds: '60' }, 'ttlSeconds', /^ttlSeconds/],
-      [{ patient: PATIENT, ttlSeconds: 1.5 }, 'ttlSeconds', /^ttlSeconds/],
+      [{ patient: PATIENT, ttl_seconds: 0 }, 'ttl_seconds', /^ttl_seconds must be a whole number of seconds from 1 to 3600/],
+      [{ patient: PATIENT, ttl_seconds: 3601 }, 'ttl_seconds', /^ttl_seconds/],
+      [{ patient: PATIENT, ttl_seconds: '60' }, 'ttl_seconds', /^ttl_seconds/],
+      [{ patient: PATIENT, ttl_seconds: 1.5 }, 'ttl_seconds', /^ttl_seconds/],
       [{ patient: PATIENT, scope: 'launch' }, 'scope', /^scope is not a launch field/],
     ];
     const launches = async () => (await db().query<{ n: number }>('SELECT count(*)::int AS n FROM launch_contexts')).rows[0]!.n;
@@ -376,7 +376,7 @@ describe('admin API: users, care teams, launches', () => {
     assert.equal(event.details.target_id, undefined);
     assert.equal(event.patient_pseudonym, bench.ts.server.audit.pseudonym('patient', PATIENT));
     assert.equal(change.after!.patient, event.patient_pseudonym);
-    assert.equal(change.after!.ttlSeconds, 300);
+    assert.equal(change.after!.ttl_seconds, 300);
     const first = await db().query<{ target_client: string | null }>("SELECT target_client FROM audit_events WHERE type = 'admin.launch_created' ORDER BY seq LIMIT 1");
     assert.equal(first.rows[0]!.target_client, APP.client_id);
     await nowhere([launch, String(minimal.body.launch)], true);

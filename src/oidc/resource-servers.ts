@@ -34,17 +34,24 @@ interface Row extends Record<string, unknown> {
   introspection_client_id: string | null;
 }
 
+const fromRow = (row: Row): ResourceServer => ({
+  identifier: row.identifier,
+  name: row.name,
+  scope: row.scope,
+  accessTokenFormat: row.access_token_format,
+  accessTokenTtl: row.access_token_ttl === null ? null : Number(row.access_token_ttl),
+  introspectionClientId: row.introspection_client_id,
+});
+
 export async function findResourceServer(db: Queryable, identifier: string): Promise<ResourceServer | undefined> {
   const { rows } = await db.query<Row>('SELECT * FROM resource_servers WHERE identifier = $1', [identifier]);
-  const row = rows[0];
-  return row && {
-    identifier: row.identifier,
-    name: row.name,
-    scope: row.scope,
-    accessTokenFormat: row.access_token_format,
-    accessTokenTtl: row.access_token_ttl,
-    introspectionClientId: row.introspection_client_id,
-  };
+  return rows[0] && fromRow(rows[0]);
+}
+
+/** Every registered resource server, by identifier. */
+export async function listResourceServers(db: Queryable): Promise<ResourceServer[]> {
+  const { rows } = await db.query<Row>('SELECT * FROM resource_servers ORDER BY identifier');
+  return rows.map(fromRow);
 }
 
 export async function upsertResourceServer(db: Queryable, input: ResourceServerInput): Promise<void> {

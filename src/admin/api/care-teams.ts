@@ -31,7 +31,7 @@ async function careTeam(db: Queryable, user: UserRecord) {
   );
   const representation = {
     user: { id: user.id, username: user.username },
-    memberships: rows.map((r) => ({ patient: r.patient_id, displayName: r.display_name, validFrom: iso(r.valid_from), validTo: iso(r.valid_to), current: r.current })),
+    memberships: rows.map((r) => ({ patient: r.patient_id, display_name: r.display_name, valid_from: iso(r.valid_from), valid_to: iso(r.valid_to), current: r.current })),
   };
   return { representation, etag: etagOf(representation) };
 }
@@ -43,7 +43,7 @@ function pairState(deps: AdminApiDeps, team: Team, patientId: string) {
   return {
     user: team.representation.user.id,
     patient: deps.audit.pseudonym('patient', patientId),
-    memberships: team.representation.memberships.filter((m) => m.patient === patientId).map((m) => ({ validFrom: m.validFrom, validTo: m.validTo })),
+    memberships: team.representation.memberships.filter((m) => m.patient === patientId).map((m) => ({ valid_from: m.valid_from, valid_to: m.valid_to })),
   };
 }
 
@@ -69,7 +69,7 @@ function patientField(body: Record<string, unknown>): string {
 function instantField(body: Record<string, unknown>, field: string): Date | null | undefined {
   const value = body[field];
   if (value === undefined) return undefined;
-  if (value === null && field === 'validTo') return null;
+  if (value === null && field === 'valid_to') return null;
   const instant = typeof value === 'string' ? parseInstant(value) : undefined;
   if (!instant) throw invalid(field, `${field} must be an ISO 8601 date or date-time with zone (e.g. 2025-01-31 or 2025-01-31T08:00:00Z)`);
   return instant;
@@ -87,7 +87,7 @@ function smartError(err: unknown): unknown {
   if (!(err instanceof SmartDataError)) return err;
   if (/^unknown patient/.test(err.message)) return invalid('patient', 'patient is not a known patient (add it first)');
   if (/^unknown user/.test(err.message)) return invalid('user', 'user is not a known user id');
-  if (/care-team window/.test(err.message)) return invalid('validTo', 'validTo must be after validFrom (or after now when validFrom is not given)');
+  if (/care-team window/.test(err.message)) return invalid('valid_to', 'valid_to must be after valid_from (or after now when valid_from is not given)');
   return new AdminHttpError(400, 'invalid_request', err.message);
 }
 
@@ -103,12 +103,12 @@ export function careTeamRoutes(router: Router, deps: AdminApiDeps): void {
   // here (a create); when sent, it must be the ETag of the user's care team.
   router.post('/care-team', guarded(deps, ADMIN_WRITE, async (ctx, principal) => {
     const body = await readJson(ctx);
-    checkFields(body, ['user', 'patient', 'validFrom', 'validTo']);
+    checkFields(body, ['user', 'patient', 'valid_from', 'valid_to']);
     const userId = requiredString(body, 'user', 'a user id');
     const patientId = patientField(body);
-    const validFrom = instantField(body, 'validFrom') ?? undefined;
-    const validTo = instantField(body, 'validTo') ?? null;
-    if (validFrom && validTo && validTo <= validFrom) throw invalid('validTo', 'validTo must be after validFrom');
+    const validFrom = instantField(body, 'valid_from') ?? undefined;
+    const validTo = instantField(body, 'valid_to') ?? null;
+    if (validFrom && validTo && validTo <= validFrom) throw invalid('valid_to', 'valid_to must be after valid_from');
     const answer = await idempotent(ctx, deps.db, principal.id, body, () => deps.db.transaction(async (tx) => {
       const user = await lockUser(tx, userId);
       const before = await careTeam(tx, user);
@@ -126,7 +126,7 @@ export function careTeamRoutes(router: Router, deps: AdminApiDeps): void {
           before: pairState(deps, before, patientId), after: pairState(deps, after, patientId),
         });
       }
-      return { status: added ? 201 : 200, body: { added, careTeam: after.representation }, etag: after.etag };
+      return { status: added ? 201 : 200, body: { added, care_team: after.representation }, etag: after.etag };
     }));
     send(ctx, answer.status, answer.body, answer.etag);
   }));
@@ -156,6 +156,6 @@ export function careTeamRoutes(router: Router, deps: AdminApiDeps): void {
       });
       return { ended, after };
     });
-    send(ctx, 200, { ended: result.ended, careTeam: result.after.representation }, result.after.etag);
+    send(ctx, 200, { ended: result.ended, care_team: result.after.representation }, result.after.etag);
   }));
 }

@@ -17,7 +17,7 @@ import { findUserRecord } from './users.ts';
 
 /** As `launch create` on the CLI. */
 export const DEFAULT_LAUNCH_TTL_SECONDS = 300;
-const FIELDS = ['patient', 'encounter', 'client', 'user', 'ttlSeconds'];
+const FIELDS = ['patient', 'encounter', 'client', 'user', 'ttl_seconds'];
 
 const invalid = (field: string, description: string) => new AdminHttpError(400, 'invalid_request', description, field);
 
@@ -47,9 +47,9 @@ function parseLaunch(body: Record<string, unknown>) {
   const clientId = optionalString(body, 'client', 'a client id');
   if (clientId !== undefined && !/^[\x21-\x7e]{1,256}$/.test(clientId)) throw invalid('client', 'client must be a client id');
   const userId = optionalString(body, 'user', 'a user id');
-  const ttl = body.ttlSeconds ?? DEFAULT_LAUNCH_TTL_SECONDS;
+  const ttl = body.ttl_seconds ?? DEFAULT_LAUNCH_TTL_SECONDS;
   if (typeof ttl !== 'number' || !Number.isInteger(ttl) || ttl < 1 || ttl > MAX_LAUNCH_TTL_SECONDS) {
-    throw invalid('ttlSeconds', `ttlSeconds must be a whole number of seconds from 1 to ${MAX_LAUNCH_TTL_SECONDS}`);
+    throw invalid('ttl_seconds', `ttl_seconds must be a whole number of seconds from 1 to ${MAX_LAUNCH_TTL_SECONDS}`);
   }
   return { patientId, encounterId, clientId, userId, ttlSeconds: ttl };
 }
@@ -91,14 +91,14 @@ export function launchRoutes(router: Router, deps: AdminApiDeps): void {
         before: null,
         after: {
           patient: deps.audit.pseudonym('patient', input.patientId), encounter: input.encounterId !== undefined,
-          client: input.clientId ?? null, user: input.userId ?? null, ttlSeconds: input.ttlSeconds, expiresAt,
+          client: input.clientId ?? null, user: input.userId ?? null, ttl_seconds: input.ttlSeconds, expires_at: expiresAt,
         },
       });
       const context = {
-        patient: input.patientId, encounter: input.encounterId ?? null, client: input.clientId ?? null, user: input.userId ?? null, expiresAt,
+        patient: input.patientId, encounter: input.encounterId ?? null, client: input.clientId ?? null, user: input.userId ?? null, expires_at: expiresAt,
       };
       // The launch value is shown once: a replay of this request answers without it.
-      return { status: 201, body: { launch: created.launch, ...context }, replayBody: { launchShown: 'in the first response only', ...context } };
+      return { status: 201, body: { launch: created.launch, ...context }, replayBody: { launch_shown: 'in the first response only', ...context } };
     }));
     send(ctx, answer.status, answer.body);
   }));

@@ -12,7 +12,7 @@ import { MAX_ACCESS_TOKEN_TTL } from '../../config.ts';
 import type { Queryable } from '../../db/index.ts';
 import { ExchangePolicyError, requireAudience } from '../../exchange/policies.ts';
 import {
-  findResourceServer, ResourceServerSchema, upsertResourceServer, type ResourceServer, type ResourceServerInput,
+  findResourceServer, listResourceServers, ResourceServerSchema, upsertResourceServer, type ResourceServer, type ResourceServerInput,
 } from '../../oidc/resource-servers.ts';
 import { parseScope } from '../../smart/scopes.ts';
 import { formatIssues } from '../../validation.ts';
@@ -188,26 +188,6 @@ async function refuseReferenced(tx: Queryable, identifier: string): Promise<void
   }
   if (ruleCount) named.push(`${ruleCount} step-up rule${ruleCount === 1 ? '' : 's'}`);
   throw new AdminHttpError(409, 'conflict', `resource server ${shown(identifier)} is still the audience of ${named.join(' and ')}: remove those first`);
-}
-
-interface ResourceServerRow extends Record<string, unknown> {
-  identifier: string;
-  name: string;
-  scope: string;
-  access_token_format: 'jwt' | 'opaque';
-  access_token_ttl: number | null;
-  introspection_client_id: string | null;
-}
-
-async function listResourceServers(db: Queryable): Promise<ResourceServer[]> {
-  const { rows } = await db.query<ResourceServerRow>(
-    `SELECT identifier, name, scope, access_token_format, access_token_ttl, introspection_client_id
-       FROM resource_servers ORDER BY identifier`,
-  );
-  return rows.map((r) => ({
-    identifier: r.identifier, name: r.name, scope: r.scope, accessTokenFormat: r.access_token_format,
-    accessTokenTtl: r.access_token_ttl === null ? null : Number(r.access_token_ttl), introspectionClientId: r.introspection_client_id,
-  }));
 }
 
 export const resourceServerPath = (identifier: string) => `/admin/api/resource-servers/${encodeURIComponent(identifier)}`;

@@ -1,7 +1,8 @@
 // /admin/api/users: create (the password is write-only), read, list and search (lookup by username),
-// update display name / fhirUser / roles, disable (sessions, grants and tokens revoked) and enable,
+// update display name / FHIR user / roles, disable (sessions, grants and tokens revoked) and enable,
 // unlock (the failed-login lock), passkey reset and the break-glass switch. Reads carry an ETag; every
-// change needs If-Match, locks the user's row and is recorded in the same transaction.
+// change needs If-Match, locks the user's row and is recorded in the same transaction. JSON field
+// names are snake_case, as elsewhere in the admin API.
 import type Router from '@koa/router';
 
 import { createUser, NewUserSchema, normaliseUsername, UserExistsError, USERNAME_PATTERN } from '../../accounts/users.ts';
@@ -47,8 +48,8 @@ const fromRow = (r: UserRow): UserRecord => ({
 
 export function userRepresentation(u: UserRecord): Record<string, unknown> {
   return {
-    id: u.id, username: u.username, displayName: u.displayName, fhirUser: u.fhirUser, roles: u.roles, disabled: u.disabled,
-    breakGlassDisabled: u.breakGlassDisabled, passkeys: u.passkeys, createdAt: u.createdAt.toISOString(), updatedAt: u.updatedAt.toISOString(),
+    id: u.id, username: u.username, display_name: u.displayName, fhir_user: u.fhirUser, roles: u.roles, disabled: u.disabled,
+    break_glass_disabled: u.breakGlassDisabled, passkeys: u.passkeys, created_at: u.createdAt.toISOString(), updated_at: u.updatedAt.toISOString(),
   };
 }
 
@@ -66,7 +67,7 @@ export async function findUserRecord(db: Queryable, id: string, options: { forUp
 
 interface UserFilter { search?: string | undefined; username?: string | undefined; role?: string | undefined; disabled?: boolean | undefined; limit?: number | undefined }
 
-/** Users matching every filter given (search: username, display name or fhirUser contains it), by username. */
+/** Users matching every filter given (search: username, display name or FHIR user contains it), by username. */
 async function listUserRecords(db: Queryable, filter: UserFilter): Promise<UserRecord[]> {
   const pattern = filter.search ? `%${filter.search.replace(/[\\%_]/g, (c) => `\\${c}`)}%` : null;
   const { rows } = await db.query<UserRow>(
@@ -103,20 +104,27 @@ async function revokeAccountArtefacts(tx: Queryable, userId: string): Promise<nu
 
 const invalid = (field: string, description: string) => new AdminHttpError(400, 'invalid_request', description, field);
 const CONTROL_CHARACTERS = /[\u0000-\u001f\u007f-\u009f\u2028\u2029]/;
-const CREATE_FIELDS = ['username', 'password', 'displayName', 'fhirUser', 'roles'];
-const UPDATE_FIELDS = ['displayName', 'fhirUser', 'roles'];
+const CREATE_FIELDS = ['username', 'password', 'display_name', 'fhir_user', 'roles'];
+const UPDATE_FIELDS = ['display_name', 'fhir_user', 'roles'];
 const SHAPE = NewUserSchema.shape;
 const ROLE = /^[a-z][a-z0-9_-]{0,31}$/;
+/** NewUserSchema's camelCase keys, as the API (snake_case) names them. */
+const API_FIELD: Record<string, string> = { displayName: 'display_name', fhirUser: 'fhir_user' };
 
-/** The first zod issue as `<field>: <message>` (zod messages never contain the value, so no password leaks). */
+/**
+ * The first zod issue as `<field>: <message>`, the field as the API names it (zod messages never contain
+ * the value, so no password leaks).
+ */
 function zodFailure(issues: ReadonlyArray<{ path: PropertyKey[]; message: string }>, fallback: string): AdminHttpError {
   const issue = issues[0]!;
-  const field = String(issue.path[0] ?? fallback);
-  return invalid(field, issue.message.startsWith(field) ? issue.message : `${field}: ${issue.message}`);
+  const schemaField = String(issue.path[0] ?? fallback);
+  const field = API_FIELD[schemaField] ?? schemaField;
+  if (issue.message.startsWith(schemaField)) return invalid(field, `${field}${issue.message.slice(schemaField.length)}`);
+  return invalid(field, `${field}: ${issue.message}`);
 }
 
 function checkDisplayName(value: unknown): void {
-  if (typeof value === 'string' && CONTROL_CHARACTERS.test(value)) throw invalid('displayName', 'displayName must not contain control characters');
+  if (typeof value === 'string' && CONTROL_CHARACTERS.test(value)) throw invalid('display_name', 'display_name must not contain control characters');
 }
 
 function parseNewUser(body: Record<string, unknown>) {
@@ -126,8 +134,10 @@ function parseNewUser(body: Record<string, unknown>) {
   for (const required of ['username', 'password']) {
     if (body[required] === undefined || body[required] === null) throw invalid(required, `${required} is required`);
   }
-  checkDisplayName(body.displayName);
-  const parsed = NewUserSchema.safeParse(body);
+  checkDisplayName(body.display_name);
+  const parsed = NewUserSchema.safeParse({
+    username: body.username, password: body.password, displayName: body.display_name, fhirUser: body.fhir_user, roles: body.roles,
+  });
   if (!parsed.success) throw zodFailure(parsed.error.issues, 'user');
   return { ...parsed.data, roles: [...new Set(parsed.data.roles)] };
 }
@@ -141,13 +151,13 @@ function parseUserUpdate(body: Record<string, unknown>): { displayName?: string 
   }
   if (Object.keys(body).length === 0) throw new AdminHttpError(400, 'invalid_request', `the body must change at least one of ${UPDATE_FIELDS.join(', ')}`);
   const out: { displayName?: string | null; fhirUser?: string | null; roles?: string[] } = {};
-  checkDisplayName(body.displayName);
-  for (const [field, schema] of [['displayName', SHAPE.displayName.unwrap()], ['fhirUser', SHAPE.fhirUser.unwrap()]] as const) {
+  checkDisplayName(body.display_name);
+  for (const [field, key, schema] of [['display_name', 'displayName', SHAPE.displayName.unwrap()], ['fhir_user', 'fhirUser', SHAPE.fhirUser.unwrap()]] as const) {
     if (!(field in body)) continue;
-    if (body[field] === null) { out[field] = null; continue; }
+    if (body[field] === null) { out[key] = null; continue; }
     const parsed = schema.safeParse(body[field]);
-    if (!parsed.success) throw zodFailure(parsed.error.issues.map((i) => ({ ...i, path: [field] })), field);
-    out[field] = parsed.data;
+    if (!parsed.success) throw zodFailure(parsed.error.issues.map((i) => ({ ...i, path: [key] })), key);
+    out[key] = parsed.data;
   }
   if ('roles' in body) {
     const roles = body.roles;
@@ -260,7 +270,7 @@ export function userRoutes(router: Router, deps: AdminApiDeps): void {
     // Signed out everywhere: live emergency accesses end, and every session, grant and token goes.
     const breakGlassEnded = (await endUserBreakGlass(tx, current.id)).length;
     const revoked = await revokeAccountArtefacts(tx, current.id);
-    return { extra: { revoked, breakGlassEnded }, severity: 'high' };
+    return { extra: { revoked, break_glass_ended: breakGlassEnded }, severity: 'high' };
   }));
 
   router.post('/users/:id/enable', change('admin.user_enabled', async (tx, current) => {
@@ -270,7 +280,7 @@ export function userRoutes(router: Router, deps: AdminApiDeps): void {
 
   router.post('/users/:id/unlock', change('admin.user_unlocked', async (tx, current) => {
     const cleared = await deps.loginThrottle.reset(current.username, tx);
-    return { extra: { cleared }, before: { failedLoginCounter: cleared }, after: { failedLoginCounter: false }, severity: 'warning' };
+    return { extra: { cleared }, before: { failed_login_counter: cleared }, after: { failed_login_counter: false }, severity: 'warning' };
   }));
 
   router.post('/users/:id/passkeys/reset', change('admin.user_passkeys_reset', async (tx, current) => {
