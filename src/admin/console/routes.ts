@@ -170,6 +170,23 @@ export function adminConsoleRoutes(deps: AdminConsoleDeps): Koa.Middleware {
     return names;
   }
 
+  /**
+   * A client's or a user's recent audit events; who looked is recorded (`admin.audit_viewed`, as the
+   * admin API does) after the read, in its transaction: with the record, or no page.
+   */
+  const viewAudit = (a: Admin, of: { clientId: string } | { userId: string }) => deps.db.transaction(async (tx) => {
+    const events = await recentAuditEvents(tx, { ...of, limit: AUDIT_LIMIT });
+    await deps.audit.record({
+      type: 'admin.audit_viewed', outcome: 'success', rule: CONSOLE_RULE,
+      actor: { userId: a.user.id, clientId: CONSOLE_CLIENT_ID },
+      target: 'clientId' in of ? { clientId: of.clientId } : {},
+      details: {
+        ...VIA, by: 'clientId' in of ? 'client' : 'user', target_user: 'userId' in of ? of.userId : undefined, limit: AUDIT_LIMIT, count: events.length,
+      },
+    }, tx);
+    return events;
+  });
+
   // ---- clients ----
 
   async function listClients(ctx: Koa.Context, a: Admin) {
@@ -221,7 +238,7 @@ export function adminConsoleRoutes(deps: AdminConsoleDeps): Koa.Middleware {
   async function showClient(ctx: Koa.Context, a: Admin, id: string | undefined) {
     const record = id === undefined ? undefined : await findClientRecord(deps.db, id);
     if (!record) return send(ctx, 404, consoleMessagePage(a.view, 'No such client', 'There is no client with this id.'));
-    const events = await recentAuditEvents(deps.db, { clientId: record.clientId, limit: AUDIT_LIMIT });
+    const events = await viewAudit(a, { clientId: record.clientId });
     send(ctx, 200, clientDetailsPage(a.view, {
       clientId: record.clientId, representation: clientRepresentation(record), events, userNames: await userNames(deps.db, events),
     }));
@@ -232,7 +249,7 @@ export function adminConsoleRoutes(deps: AdminConsoleDeps): Koa.Middleware {
   async function showUserAudit(ctx: Koa.Context, a: Admin, id: string | undefined) {
     const target = id === undefined ? undefined : await findUserById(deps.db, id);
     if (!target) return send(ctx, 404, consoleMessagePage(a.view, 'No such user', 'There is no user with this id.'));
-    const events = await recentAuditEvents(deps.db, { userId: target.id, limit: AUDIT_LIMIT });
+    const events = await viewAudit(a, { userId: target.id });
     send(ctx, 200, userAuditPage(a.view, {
       target: { id: target.id, username: target.username, displayName: target.displayName, roles: target.roles, disabled: target.disabled },
       events, userNames: await userNames(deps.db, events),
