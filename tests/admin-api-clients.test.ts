@@ -63,6 +63,21 @@ describe('admin API: authentication and clients', () => {
     assert.equal(write.body.error, 'insufficient_scope');
     assert.match(write.headers.get('www-authenticate') ?? '', /scope="admin:write"/);
 
+    // An administrator's passkey sign-in older than 15 minutes (a refresh token could otherwise stretch it).
+    const { ADMIN, ADMIN_TOOL } = await import('./support/admin.ts');
+    const stale = await bench.mint({ clientId: ADMIN_TOOL.client_id, username: ADMIN.username, acr: 'urn:clinical-authz:acr:phr', authTime: Math.floor(Date.now() / 1000) - 901 });
+    const staleAnswer = await bench.call('GET', '/admin/api/clients', { token: stale });
+    assert.equal(staleAnswer.status, 401);
+    assert.equal(staleAnswer.body.error, 'insufficient_user_authentication');
+    assert.match(staleAnswer.headers.get('www-authenticate') ?? '', /max_age="900"/);
+    const fresh = await bench.mint({ clientId: ADMIN_TOOL.client_id, username: ADMIN.username, acr: 'urn:clinical-authz:acr:phr' });
+    assert.equal((await bench.call('GET', '/admin/api/clients', { token: fresh })).status, 200);
+    // A delegated (exchanged) token never administers, even the administrator's own.
+    const delegated = await bench.mint({ clientId: ADMIN_TOOL.client_id, username: ADMIN.username, acr: 'urn:clinical-authz:acr:phr', act: { sub: 'orchestrator' } });
+    const delegatedAnswer = await bench.call('GET', '/admin/api/clients', { token: delegated });
+    assert.equal(delegatedAnswer.status, 401);
+    assert.match(String(delegatedAnswer.body.error_description), /delegated/);
+
     const automation = await bench.call('GET', '/admin/api/clients', { token: bench.automationToken, cert: bench.opsBotCert });
     assert.equal(automation.status, 200, JSON.stringify(automation.body));
     assert.equal((await bench.call('GET', '/admin/api/nothing-here', { token: bench.adminToken })).status, 404);
@@ -171,6 +186,8 @@ describe('admin API: authentication and clients', () => {
     const { client_id: _id, has_client_secret: _s, disabled: _d, disabled_at: _da, created_at: _c, updated_at: _u, ...metadata } = read.body.client as Record<string, unknown>;
     const noPrecondition = await bench.call('PUT', '/admin/api/clients/ward-dashboard', { token: bench.adminToken, body: { ...metadata, client_name: 'Ward board' } });
     assert.equal(noPrecondition.status, 428);
+    const anyVersion = await bench.call('PUT', '/admin/api/clients/ward-dashboard', { token: bench.adminToken, body: { ...metadata, client_name: 'Ward board' }, headers: { 'if-match': '*' } });
+    assert.equal(anyVersion.status, 428, 'If-Match: * would be a silent overwrite');
     const first = await bench.call('PUT', '/admin/api/clients/ward-dashboard', { token: bench.adminToken, body: { ...metadata, client_name: 'Ward board' }, headers: { 'if-match': etag } });
     assert.equal(first.status, 200, JSON.stringify(first.body));
     assert.equal((first.body.client as Record<string, unknown>).client_name, 'Ward board');

@@ -90,5 +90,9 @@ describe('client metadata policy', () => {
     await refused({ ...WORKLOAD, break_glass_allowed: true }, 'invalid_client_metadata', /^break_glass_allowed needs the authorization_code grant/);
     await refused({ ...WEB, break_glass_allowed: 'yes' }, 'invalid_client_metadata', /^break_glass_allowed must be true or false/);
     await validate({ ...WEB, resource_scope: 'patient/Observation.rs tools/run' });
+    // Admin scopes by client credentials only for a CA-issued certificate (tls_client_auth).
+    await validate({ ...WORKLOAD, grant_types: ['client_credentials'], resource_scope: 'admin:read admin:write' });
+    await refused({ ...WORKLOAD, grant_types: ['client_credentials'], token_endpoint_auth_method: 'client_secret_basic', client_secret: 'c'.repeat(40),
+      tls_client_auth_subject_dn: undefined, resource_scope: 'admin:write' }, 'invalid_client_metadata', /^token_endpoint_auth_method must be tls_client_auth \(a CA-issued certificate\) for a client holding admin scopes/);
   });
 });

@@ -107,6 +107,7 @@ describe('token exchange decision', () => {
     ['actor_token without a type', input({ request: { actorToken: { type: undefined, clientId: 'orchestrator' } } }), 'invalid_request', 'actor_token_type'],
     ['no audience', input({ request: { targets: [] } }), 'invalid_request', 'target_required'],
     ['two audiences', input({ request: { targets: [FHIR, 'https://tools.test/api'] } }), 'invalid_target', 'single_audience'],
+    ['the admin API as audience (whatever a policy says)', input({ request: { targets: ['urn:clinical-authz:admin'] } }), 'invalid_target', 'admin_audience'],
     ['missing scope', input({ request: { scope: undefined } }), 'invalid_request', 'scope_required'],
     ['malformed scope', input({ request: { scope: 'patient/Observation.sr' } }), 'invalid_scope', 'scope_syntax'],
     ['non-resource scope', input({ request: { scope: 'openid patient/Observation.rs' } }), 'invalid_scope', 'resource_scopes_only'],

@@ -316,3 +316,20 @@ test('audit: every registration change and refusal recorded, without secrets or 
     assert.ok(!row.text.includes('hmac-sha256'), `${row.type} holds a secret digest`);
   }
 });
+
+test('no registrant gives itself the admin API: admin scopes refused without a template, at registration and by update', async () => {
+  const adminScopes = { ...SERVICE_METADATA, resource_scope: 'system/Patient.rs admin:write' };
+  const refusedAnswer = await register(adminScopes, await iat());
+  assertRefused(refusedAnswer, 400, 'invalid_client_metadata', /^resource_scope: the admin API's scopes are granted by an administrator/);
+  const client = await registered(SERVICE_METADATA, await iat());
+  const update = await call('PUT', client.registration_client_uri, client.registration_access_token, {
+    ...SERVICE_METADATA, client_id: client.client_id, resource_scope: 'admin:read admin:write',
+  });
+  assertRefused(update, 400, 'invalid_client_metadata', /^resource_scope: the admin API's scopes/);
+  // Even a self-signed certificate client (its own keys): admin by client credentials needs a CA-issued certificate.
+  const selfSigned = await register({
+    ...SERVICE_METADATA, token_endpoint_auth_method: 'self_signed_tls_client_auth', resource_scope: 'admin:write',
+    jwks: { keys: [{ kty: 'EC', crv: 'P-256', x: 'f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU', y: 'x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0', x5c: ['MIIB'] }] },
+  }, await iat());
+  assert.equal(selfSigned.status, 400, selfSigned.text);
+});

@@ -12,11 +12,13 @@ import { ACR_PHISHING_RESISTANT } from '../mfa/assurance.ts';
 import { usableCertificate } from '../oidc/mtls.ts';
 import type { FoundToken } from '../oidc/our-tokens.ts';
 
-export const ADMIN_RESOURCE = 'urn:clinical-authz:admin';
-export const ADMIN_READ = 'admin:read';
-export const ADMIN_WRITE = 'admin:write';
-export const ADMIN_ROLE = 'admin';
-const MTLS_METHODS = new Set(['tls_client_auth', 'self_signed_tls_client_auth']);
+import { ADMIN_READ, ADMIN_RESOURCE, ADMIN_ROLE, ADMIN_WRITE } from './resource.ts';
+
+export { ADMIN_READ, ADMIN_RESOURCE, ADMIN_ROLE, ADMIN_WRITE };
+/** Automation must prove itself with a certificate the hospital's CA issued (a self-signed one proves nothing). */
+const AUTOMATION_AUTH_METHOD = 'tls_client_auth';
+/** A user's admin token must come from a passkey sign-in at most this old (refresh cannot stretch it). */
+export const ADMIN_MAX_AUTH_AGE_SECONDS = 900;
 
 export type AdminScope = typeof ADMIN_READ | typeof ADMIN_WRITE;
 
@@ -87,6 +89,10 @@ export function adminAuthenticator(deps: AdminAuthDeps) {
     if (!scopes.has(needed) && !(needed === ADMIN_READ && scopes.has(ADMIN_WRITE))) {
       throw new AdminAuthError(403, 'insufficient_scope', `this call needs ${needed}`, { scope: needed });
     }
+    // Delegated tokens (token exchange) never administer anything: only the administrator or workload itself.
+    if (record.gty === 'token_exchange' || record.extra?.act !== undefined) {
+      throw new AdminAuthError(401, 'invalid_token', 'delegated (exchanged) tokens are not accepted by the admin API');
+    }
     const clientId = String(record.clientId);
     const provider = deps.getProvider();
     const common = { clientId, certThumbprint: cert.thumbprint, tokenRef: found.ref };
@@ -98,17 +104,19 @@ export function adminAuthenticator(deps: AdminAuthDeps) {
       const user = await findUserById(deps.db, record.accountId);
       if (!user || user.disabled) throw new AdminAuthError(401, 'invalid_token', 'the access token is not active');
       if (!user.roles.includes(ADMIN_ROLE)) throw new AdminAuthError(403, 'insufficient_scope', 'the admin role is required');
-      if (record.extra?.acr !== ACR_PHISHING_RESISTANT) {
-        throw new AdminAuthError(401, 'insufficient_user_authentication', 'administration needs a phishing-resistant sign-in (passkey)', {
-          acr_values: ACR_PHISHING_RESISTANT,
+      const authTime = record.extra?.auth_time;
+      const recent = typeof authTime === 'number' && Date.now() / 1000 - authTime <= ADMIN_MAX_AUTH_AGE_SECONDS;
+      if (record.extra?.acr !== ACR_PHISHING_RESISTANT || !recent) {
+        throw new AdminAuthError(401, 'insufficient_user_authentication', 'administration needs a recent phishing-resistant sign-in (passkey)', {
+          acr_values: ACR_PHISHING_RESISTANT, max_age: String(ADMIN_MAX_AUTH_AGE_SECONDS),
         });
       }
       return { kind: 'user', userId: user.id, ...common, id: `user:${user.id}` };
     }
     // Client credentials: only a workload that proves itself with its certificate administers anything.
     const client = await provider.Client.find(clientId);
-    if (!client || !MTLS_METHODS.has(client.clientAuthMethod ?? '')) {
-      throw new AdminAuthError(403, 'insufficient_scope', 'automation clients must authenticate with mTLS');
+    if (!client || client.clientAuthMethod !== AUTOMATION_AUTH_METHOD) {
+      throw new AdminAuthError(403, 'insufficient_scope', 'automation clients must authenticate with mTLS (tls_client_auth)');
     }
     return { kind: 'automation', userId: undefined, ...common, id: `client:${clientId}` };
   };

@@ -51,7 +51,9 @@ export function requireIfMatch(ctx: Context, current: string): void {
   const header = ctx.get('If-Match');
   if (!header) throw new AdminHttpError(428, 'precondition_required', 'send If-Match with the ETag of the version you changed');
   const tags = header.split(',').map((t) => t.trim());
-  if (!tags.includes(current) && !tags.includes('*')) {
+  // `*` ("any version") would be exactly the silent overwrite this check exists to stop.
+  if (tags.includes('*')) throw new AdminHttpError(428, 'precondition_required', 'If-Match must name the ETag you read, not *');
+  if (!tags.includes(current)) {
     throw new AdminHttpError(412, 'precondition_failed', 'the resource changed since it was read: read it again and re-apply your change');
   }
 }

@@ -86,6 +86,11 @@ function checkGrantsAndAuth(m: Metadata): void {
       invalid('grant_types: a public client gets refresh tokens only when they are bound (tls_client_certificate_bound_access_tokens or dpop_bound_access_tokens)');
     }
   }
+  // Automation over the admin API: a workload whose certificate the hospital's CA issued, nothing weaker.
+  const resourceScopes = typeof m.resource_scope === 'string' ? m.resource_scope.split(' ') : [];
+  if (grants.includes('client_credentials') && resourceScopes.some((s) => s.startsWith('admin:')) && method !== 'tls_client_auth') {
+    invalid('token_endpoint_auth_method must be tls_client_auth (a CA-issued certificate) for a client holding admin scopes by client credentials');
+  }
   if (m.break_glass_allowed === true && !grants.includes('authorization_code')) {
     invalid('break_glass_allowed needs the authorization_code grant (a clinician in front of the app)');
   }

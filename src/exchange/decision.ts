@@ -3,6 +3,7 @@
 // the RFC error and the name of the rule that decided. The grant handler gathers the facts and mints.
 import { unmetBy, type AuthenticationRequirement } from '../mfa/assurance.ts';
 import { stepUpRequirement, type StepUpRule } from '../mfa/step-up-rules.ts';
+import { ADMIN_RESOURCE } from '../admin/resource.ts';
 import { isReadOnlyPatientScope } from '../break-glass/scopes.ts';
 import { covers, parseScopeList, patientSelectingFilter, type ParsedScope, type ResourceScope } from '../smart/scopes.ts';
 
@@ -129,6 +130,8 @@ export function decideExchange(input: ExchangeDecisionInput): ExchangeDecision {
   if (targets.length === 0) return refuse('invalid_request', 'target_required', 'name the one resource server (resource or audience)');
   if (targets.length > 1) return refuse('invalid_target', 'single_audience', 'a token is issued for exactly one audience');
   const audience = targets[0]!;
+  // Administration is never delegated, whatever a policy says.
+  if (audience === ADMIN_RESOURCE) return refuse('invalid_target', 'admin_audience', 'the admin API is never a token exchange audience');
   if (!request.scope) return refuse('invalid_request', 'scope_required', 'scope is required: a per-task token names what it needs');
   const parsed = parseScopeList(request.scope);
   const bad = parsed.invalid[0];

@@ -8,6 +8,7 @@
 // the submitted metadata before its own validation and ours, src/clients/metadata-policy.ts, which
 // runs for every client anyway). installRegistration wraps the client store, so that consuming the IAT,
 // storing the client (secret digested) and the audit record commit in one transaction.
+import { ADMIN_READ, ADMIN_WRITE } from '../admin/resource.ts';
 import { AsyncLocalStorage } from 'node:async_hooks';
 import { randomBytes } from 'node:crypto';
 
@@ -117,6 +118,8 @@ function dropUnusedSecret(m: Metadata): void {
   delete m.client_secret_expires_at;
 }
 
+const ADMIN_SCOPES: ReadonlySet<string> = new Set([ADMIN_READ, ADMIN_WRITE]);
+
 function baselinePolicy(_ctx: KoaContextWithOIDC, metadata: ClientMetadata): void {
   const m = metadata as Metadata;
   // oidc-provider would fetch it while validating: no request of a registrant's choosing leaves the server.
@@ -125,6 +128,10 @@ function baselinePolicy(_ctx: KoaContextWithOIDC, metadata: ClientMetadata): voi
   }
   if (m.break_glass_allowed !== undefined && m.break_glass_allowed !== false) {
     invalid('break_glass_allowed is granted by an administrator, never at dynamic registration');
+  }
+  // Administration is granted by administrators: no registrant gives itself the admin API's scopes.
+  if (typeof m.resource_scope === 'string' && m.resource_scope.split(' ').some((s) => ADMIN_SCOPES.has(s))) {
+    invalid('resource_scope: the admin API\'s scopes are granted by an administrator, never at dynamic registration');
   }
   // As for clients registered by an administrator (withCertificateBindingDefault): a confidential client
   // gets certificate-bound tokens unless it says otherwise. Set here, or oidc-provider's default (false)

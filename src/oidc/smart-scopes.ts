@@ -6,8 +6,7 @@
 import { errors, type KoaContextWithOIDC } from 'oidc-provider';
 
 import { findUserById } from '../accounts/users.ts';
-import { ADMIN_RESOURCE, ADMIN_ROLE } from '../admin/auth.ts';
-import { MTLS_AUTH_METHODS } from '../exchange/decision.ts';
+import { ADMIN_RESOURCE, ADMIN_ROLE } from '../admin/resource.ts';
 import type { Queryable } from '../db/index.ts';
 import { decideScopes, ScopePolicyError, type ScopePolicyDecision, type ScopeFlow } from '../smart/scope-policy.ts';
 import { parseScopeList } from '../smart/scopes.ts';
@@ -67,7 +66,7 @@ async function roleCeilingFor(db: Queryable, accountId: string | undefined, flow
  */
 async function checkAdminAudience(db: Queryable, flow: ScopeFlow, accountId: string | undefined, client: Client): Promise<void> {
   if (flow === 'system') {
-    if (!MTLS_AUTH_METHODS.has(client.clientAuthMethod ?? '')) throw new errors.InvalidTarget('the admin API is for mTLS-authenticated automation clients');
+    if (client.clientAuthMethod !== 'tls_client_auth') throw new errors.InvalidTarget('the admin API is for automation clients with a CA-issued certificate (tls_client_auth)');
     return;
   }
   if (!accountId) return; // nobody signed in yet: checked again at the resume and at the token endpoint

@@ -48,6 +48,8 @@ export interface AdminBench {
   adminKey: SoftAuthenticator;
   /** A JSON request to the admin API on the mTLS listener, presenting the test client certificate (or `cert`). */
   call(method: string, path: string, options?: { token?: string | undefined; body?: unknown; headers?: Record<string, string>; cert?: KeyPairPem }): Promise<AdminResponse>;
+  /** A certificate-bound admin token written straight through the provider's models (never issued by the endpoints). */
+  mint(input: { clientId: string; username?: string; acr?: string; authTime?: number; act?: unknown }): Promise<string>;
   /** A fresh admin token (admin:read or admin:write) from a passkey sign-in. */
   userToken(username: string, password: string, scope: string, passkey?: PasskeyAnswerer): Promise<string>;
   stop(): Promise<void>;
@@ -72,7 +74,8 @@ export async function startAdminBench(): Promise<AdminBench> {
         grant_types: ['client_credentials'], response_types: [], redirect_uris: [], resource_scope: 'admin:read admin:write',
       },
       {
-        ...SECRET_BOT, grant_types: ['client_credentials'], response_types: [], redirect_uris: [], resource_scope: 'admin:read admin:write',
+        // May not hold admin scopes (the registration policy refuses them for a secret): its admin token is minted.
+        ...SECRET_BOT, grant_types: ['client_credentials'], response_types: [], redirect_uris: [], resource_scope: 'system/Patient.rs',
       },
     ],
   }));
@@ -111,7 +114,7 @@ export async function startAdminBench(): Promise<AdminBench> {
   }
 
   /** A certificate-bound admin token written straight through the provider's models (not via its endpoints). */
-  async function mint(input: { clientId: string; username?: string; acr?: string }): Promise<string> {
+  async function mint(input: { clientId: string; username?: string; acr?: string; authTime?: number; act?: unknown }): Promise<string> {
     const provider = ts.server.provider();
     const client = await provider.Client.find(input.clientId);
     assert.ok(client);
@@ -122,7 +125,8 @@ export async function startAdminBench(): Promise<AdminBench> {
       assert.ok(user);
       const grant = new provider.Grant({ accountId: user.id, clientId: input.clientId });
       grant.addResourceScope(ADMIN_RESOURCE, scope);
-      token = new provider.AccessToken({ accountId: user.id, client, grantId: await grant.save(), gty: 'authorization_code', scope, extra: { acr: input.acr } });
+      token = new provider.AccessToken({ accountId: user.id, client, grantId: await grant.save(), gty: 'authorization_code', scope,
+        extra: { acr: input.acr, auth_time: input.authTime ?? Math.floor(Date.now() / 1000), ...(input.act ? { act: input.act } : {}) } });
     } else {
       token = new provider.ClientCredentials({ client, scope });
     }
@@ -141,6 +145,7 @@ export async function startAdminBench(): Promise<AdminBench> {
     opsBotCert,
     secretBotToken: await mint({ clientId: SECRET_BOT.client_id }),
     adminKey,
+    mint,
     userToken,
     async call(method, path, options = {}) {
       const headers: Record<string, string> = { accept: 'application/json', ...options.headers };
