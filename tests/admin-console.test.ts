@@ -240,6 +240,21 @@ describe('admin console', () => {
     const [created] = (await auditRows('admin.client_created')).filter((r) => r.target_client === 'nightly-export');
     assert.deepEqual([created!.rule, created!.actor_user, created!.actor_client], ['admin_console', adminId, CONSOLE_CLIENT]);
 
+    // The same form posted twice (reload, double click) with a generated id registers one client.
+    const newForm = await admin.get(url('/admin/clients/new'));
+    const formId = /name="form_id" value="([A-Za-z0-9_-]+)"/.exec(newForm.body)?.[1];
+    assert.ok(formId, 'the form carries its own id');
+    const twice = { ...serviceForm(consoleCsrf, ''), form_id: formId };
+    const countBefore = await clientCount();
+    const first = await admin.post(url('/admin/clients'), twice);
+    assert.equal(first.status, 201, first.body.slice(0, 300));
+    assert.match(first.body, /<code id="client-secret">/);
+    const repeated = await admin.post(url('/admin/clients'), twice);
+    assert.equal(repeated.status, 200);
+    assert.match(repeated.body, /This form was already submitted: nothing new was registered and the secret, shown the first time, is not shown again/);
+    assert.doesNotMatch(repeated.body, /<code id="client-secret">/);
+    assert.equal(await clientCount(), countBefore + 1);
+
     const again = await admin.post(url('/admin/clients'), serviceForm(consoleCsrf, 'nightly-export'));
     assert.equal(again.status, 409);
     assert.match(again.body, /<p class="field-error" id="error-client_id" role="alert">client_id nightly-export is already registered<\/p>/);

@@ -23,9 +23,13 @@ export interface Answer {
   replayBody?: unknown;
 }
 
-/** Runs `create` once per (principal, Idempotency-Key); replays its successful answer for the same request. */
-export async function idempotent(ctx: Context, db: Queryable, principal: string, rawBody: unknown, create: () => Promise<Answer>): Promise<Answer> {
-  const key = ctx.get('Idempotency-Key');
+/**
+ * Runs `create` once per (principal, Idempotency-Key); replays its successful answer for the same
+ * request. `key` defaults to the Idempotency-Key header (a page form carries its own).
+ */
+export async function idempotent(
+  ctx: Context, db: Queryable, principal: string, rawBody: unknown, create: () => Promise<Answer>, key = ctx.get('Idempotency-Key'),
+): Promise<Answer> {
   if (!key) return create();
   if (!KEY.test(key)) throw new AdminHttpError(400, 'invalid_request', 'Idempotency-Key must be 1-200 visible ASCII characters');
   const requestHash = createHash('sha256').update(`${ctx.method} ${ctx.path}\n${JSON.stringify(rawBody)}`).digest('hex');
@@ -38,7 +42,7 @@ export async function idempotent(ctx: Context, db: Queryable, principal: string,
     const { rows: [first] } = await db.query<{ request_hash: string; status: number; body: { body: unknown; etag?: string } }>(
       'SELECT request_hash, status, body FROM idempotency_keys WHERE principal = $1 AND key = $2', [principal, key],
     );
-    if (!first) return idempotent(ctx, db, principal, rawBody, create); // expired and swept meanwhile
+    if (!first) return idempotent(ctx, db, principal, rawBody, create, key); // expired and swept meanwhile
     if (first.request_hash !== requestHash) throw new AdminHttpError(422, 'invalid_request', 'this Idempotency-Key was used for a different request');
     if (first.status === IN_PROGRESS) throw new AdminHttpError(409, 'conflict', 'a request with this Idempotency-Key is still in progress');
     ctx.set('Idempotent-Replayed', 'true');

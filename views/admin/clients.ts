@@ -36,7 +36,7 @@ ${v.clients.length ? html`<div class="scroll"><table class="console-table client
 const checked = (yes: boolean) => (yes ? new SafeHtml(' checked') : '');
 const selected = (yes: boolean) => (yes ? new SafeHtml(' selected') : '');
 
-export function clientFormPage(user: ConsoleUser, v: { values: ClientFormValues; errors: ClientFormErrors; csrf: string }): string {
+export function clientFormPage(user: ConsoleUser, v: { values: ClientFormValues; errors: ClientFormErrors; csrf: string; formId: string }): string {
   const { values, errors } = v;
   const invalid = (field: ClientFormField) => (errors[field] ? html` aria-invalid="true" aria-describedby="error-${field}"` : '');
   const error = (field: ClientFormField) => (errors[field] ? html`<p class="field-error" id="error-${field}" role="alert">${errors[field]}</p>` : '');
@@ -49,6 +49,7 @@ export function clientFormPage(user: ConsoleUser, v: { values: ClientFormValues;
 ${errors.form ? html`<p class="error" role="alert">${errors.form}</p>` : ''}
 <form method="post" action="/admin/clients" class="client-form" novalidate>
   <input type="hidden" name="csrf" value="${v.csrf}">
+  <input type="hidden" name="form_id" value="${v.formId}">
   ${text('client_id', 'Client id (optional)', hint('3-128 characters of A-Z a-z 0-9 . _ -; left empty, one is generated.'))}
   ${text('client_name', 'Name shown to users')}
   <label for="token_endpoint_auth_method">How the client authenticates</label>
@@ -87,9 +88,12 @@ function metadataRows(metadata: Record<string, unknown>): SafeHtml {
   return html`<table class="console-table metadata"><tbody>${Object.keys(metadata).sort().map((k) => html`<tr><th>${k}</th><td><code>${shown(metadata[k])}</code></td></tr>`)}</tbody></table>`;
 }
 
-export function clientCreatedPage(user: ConsoleUser, v: { clientId: string; representation: Record<string, unknown>; secret: string | undefined }): string {
+export function clientCreatedPage(user: ConsoleUser, v: {
+  clientId: string; representation: Record<string, unknown>; secret: string | undefined; hasSecret?: boolean; replayed?: boolean;
+}): string {
   return consolePage('Client registered', user, 'new-client', html`
 <p class="notice" role="status">Client <strong>${v.clientId}</strong> is registered.</p>
+${v.replayed ? html`<p class="notice">This form was already submitted: nothing new was registered${v.hasSecret ? ' and the secret, shown the first time, is not shown again' : ''}.</p>` : ''}
 ${v.secret ? html`<div class="secret">
 <p><strong>Client secret</strong> (shown this once: only a digest is stored; copy it now into the client's secret store):</p>
 <p><code id="client-secret">${v.secret}</code></p>

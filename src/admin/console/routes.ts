@@ -6,6 +6,8 @@
 // most `maxAgeSeconds` ago. Otherwise: no session → sign in (with a passkey); another role → 403;
 // a password-only or older sign-in → sign in again with a passkey. Forms carry a session-bound CSRF
 // token and are refused from another origin; every change commits with its audit record.
+import { randomBytes } from 'node:crypto';
+
 import type Koa from 'koa';
 import type Provider from 'oidc-provider';
 
@@ -25,6 +27,8 @@ import { ACR_PHISHING_RESISTANT } from '../../mfa/assurance.ts';
 import { ACCOUNT_CLIENT_ID } from '../../oidc/account-client.ts';
 import { ADMIN_ROLE } from '../auth.ts';
 import { recordAdminChange } from '../changes.ts';
+import { AdminHttpError } from '../http.ts';
+import { idempotent } from '../idempotency.ts';
 import { clientCreatedPage, clientDetailsPage, clientFormPage, clientListPage } from '../../../views/admin/clients.ts';
 import { breakGlassReviewsPage, type ReviewFormState } from '../../../views/admin/break-glass.ts';
 import type { ConsoleUser } from '../../../views/admin/console.ts';
@@ -54,6 +58,9 @@ export interface AdminConsoleDeps {
   /** Default CONSOLE_MAX_AGE_SECONDS. */
   maxAgeSeconds?: number | undefined;
 }
+
+const FORM_ID = /^[A-Za-z0-9_-]{16,64}$/;
+const newFormId = () => randomBytes(18).toString('base64url');
 
 interface Admin {
   s: SignedIn;
@@ -206,33 +213,40 @@ export function adminConsoleRoutes(deps: AdminConsoleDeps): Koa.Middleware {
     }));
   }
 
-  const renderForm = (ctx: Koa.Context, a: Admin, status: number, values: ClientFormValues, errors: ClientFormErrors) =>
-    send(ctx, status, clientFormPage(a.view, { values, errors, csrf: session.csrfFor(a.s.sessionUid) }));
+  // A fresh form id per form: posting the same form again (reload, double click) registers nothing new.
+  const renderForm = (ctx: Koa.Context, a: Admin, status: number, values: ClientFormValues, errors: ClientFormErrors, formId = newFormId()) =>
+    send(ctx, status, clientFormPage(a.view, { values, errors, csrf: session.csrfFor(a.s.sessionUid), formId }));
 
   async function createClient(ctx: Koa.Context, a: Admin, form: Map<string, string>) {
     const values = clientFormValues(form);
+    const formId = FORM_ID.test(form.get('form_id') ?? '') ? form.get('form_id')! : newFormId();
     const built = clientMetadataFrom(values);
-    if ('errors' in built) return renderForm(ctx, a, 400, values, built.errors);
-    let created;
+    if ('errors' in built) return renderForm(ctx, a, 400, values, built.errors, formId);
+    let answer;
     try {
-      // Registered and recorded together: both commit, or neither does.
-      created = await deps.db.transaction(async (tx) => {
+      answer = await idempotent(ctx, deps.db, `console:${a.principal.userId}`, values, () => deps.db.transaction(async (tx) => {
+        // Registered and recorded together: both commit, or neither does.
         const registered = await registerClient(tx, deps.getProvider(), deps.clientSecretKey, built.metadata);
         const representation = clientRepresentation((await findClientRecord(tx, registered.client_id))!);
         await recordAdminChange(tx, deps.audit, a.principal, {
           type: 'admin.client_created', target: { kind: 'client', id: registered.client_id, clientId: registered.client_id },
           before: null, after: representation,
         });
-        return { clientId: registered.client_id, representation, secret: registered.client_secret };
-      });
+        const created = { clientId: registered.client_id, representation, secret: registered.client_secret };
+        // The secret is shown once: a repeated post of this form shows the client without it.
+        return { status: 201, body: created, replayBody: { ...created, secret: undefined, hasSecret: !!registered.client_secret } };
+      }), formId);
     } catch (err) {
+      if (err instanceof AdminHttpError) return renderForm(ctx, a, err.status, values, { form: err.description }, newFormId());
       if (!(err instanceof ClientRegistrationError)) throw err;
       const field = fieldOfMessage(err.message);
       const exists = /already exists/.test(err.message);
-      return renderForm(ctx, a, exists ? 409 : 400, values, { [field ?? 'form']: exists ? `client_id ${values.client_id} is already registered` : err.message });
+      return renderForm(ctx, a, exists ? 409 : 400, values, { [field ?? 'form']: exists ? `client_id ${values.client_id} is already registered` : err.message }, formId);
     }
+    const created = answer.body as { clientId: string; representation: Record<string, unknown>; secret: string | undefined; hasSecret?: boolean };
+    const replayed = ctx.response.get('Idempotent-Replayed') === 'true';
     ctx.set('Location', `/admin/clients/${encodeURIComponent(created.clientId)}`);
-    send(ctx, 201, clientCreatedPage(a.view, created));
+    send(ctx, replayed ? 200 : 201, clientCreatedPage(a.view, { ...created, replayed }));
   }
 
   async function showClient(ctx: Koa.Context, a: Admin, id: string | undefined) {
