@@ -28,7 +28,25 @@ export async function readJson(ctx: Context): Promise<Record<string, unknown>> {
     throw new AdminHttpError(400, 'invalid_request', 'the body is not valid JSON');
   }
   if (!value || typeof value !== 'object' || Array.isArray(value)) throw new AdminHttpError(400, 'invalid_request', 'the body must be a JSON object');
+  if (depthOf(value) > MAX_JSON_DEPTH) throw new AdminHttpError(400, 'invalid_request', `the body is nested deeper than ${MAX_JSON_DEPTH} levels`);
   return value as Record<string, unknown>;
+}
+
+/** No admin resource nests deeper; far deeper bodies would overflow recursive code (hashing, validation). */
+export const MAX_JSON_DEPTH = 32;
+
+/** Nesting depth of parsed JSON, without recursion (a hostile body must not overflow the stack here). */
+function depthOf(root: unknown): number {
+  let deepest = 0;
+  const stack: Array<[unknown, number]> = [[root, 1]];
+  while (stack.length) {
+    const [value, depth] = stack.pop()!;
+    if (!value || typeof value !== 'object') continue;
+    deepest = Math.max(deepest, depth);
+    if (deepest > MAX_JSON_DEPTH) return deepest;
+    for (const child of Object.values(value)) stack.push([child, depth + 1]);
+  }
+  return deepest;
 }
 
 /** A strong entity tag over a resource's representation: any change to what was read changes it. */
