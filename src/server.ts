@@ -1,4 +1,5 @@
 // Composition: database -> migrations -> keys -> provider -> koa app -> the two HTTPS listeners.
+import { constants } from 'node:crypto';
 import type http from 'node:http';
 import https from 'node:https';
 import type { AddressInfo } from 'node:net';
@@ -148,7 +149,9 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
   } catch (err) {
     return failStart(`client CA bundle${config.clientCaFile ? ` ${config.clientCaFile}` : ''}: ${(err as Error).message}`);
   }
-  const tlsOptions = { cert: tls.certPem, key: tls.keyPem, minVersion: 'TLSv1.2' as const };
+  // No TLS 1.2 renegotiation: a connection's client certificate never changes after its handshake
+  // (src/mtls/middleware.ts reads it once per connection), and renegotiation is a CPU-exhaustion lever.
+  const tlsOptions = { cert: tls.certPem, key: tls.keyPem, minVersion: 'TLSv1.2' as const, secureOptions: constants.SSL_OP_NO_RENEGOTIATION };
   const browserServer = https.createServer(tlsOptions, requestListener);
   // The mTLS listener asks for a client certificate but lets oidc-provider decide what it is worth,
   // so a missing or bad certificate gets an OAuth error instead of a failed handshake.

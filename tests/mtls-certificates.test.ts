@@ -17,6 +17,7 @@ import { currentRequestContext, runWithRequestContext } from '../src/audit/reque
 import { isTrustedPeer, proxyList } from '../src/http/trusted-proxies.ts';
 import { ensureDevClientCertificate, issueTestCertificate } from '../src/keystore/pki.ts';
 import {
+  CertificateVerdicts,
   MalformedCertificateHeader,
   authorizeCertificate,
   certificateFromDer,
@@ -699,6 +700,83 @@ test('middleware: a socket certificate beats a trusted proxy header', async (t) 
   const seen2 = await strict.get({ cert: client.pem, key: client.keyPem }, { 'client-cert': sf(claimed.node) });
   assert.equal(seen2.certificate?.subject, 'CN=real-client');
   assert.deepEqual(strict.calls.untrusted, [['client-cert']]);
+});
+
+test('CertificateVerdicts: a positive verdict is remembered per certificate set until the first expiry; refusals never', async () => {
+  const { root, other } = await pki();
+  const verdicts = new CertificateVerdicts(loadTrustAnchors(root.pem), 2);
+  const socket = (leaf: Leaf, chain: Array<Ca | Leaf> = []): PresentedCertificate => ({
+    ...presentedOf(leaf, chain), source: 'socket', tlsAuthorized: true, thumbprint: x5tS256(leaf.node.raw), der: leaf.node.raw, pem: leaf.pem,
+  });
+  const now = Date.now();
+  const soonGone = await pkiLeaf(root, { notBefore: new Date(now - DAY), notAfter: new Date(now + DAY) });
+  assert.deepEqual(verdicts.authorize(socket(soonGone)), { ok: true });
+  assert.deepEqual(verdicts.authorize(socket(soonGone)), { ok: true });
+  assert.equal(verdicts.size, 1);
+  // Past the leaf's notAfter the remembered verdict no longer holds: validated again, and refused.
+  assert.deepEqual(verdicts.authorize(socket(soonGone), new Date(now + 2 * DAY)), { ok: false, reason: 'expired' });
+  assert.equal(verdicts.size, 0);
+  // A clock set back before the verdict was reached re-validates too.
+  assert.deepEqual(verdicts.authorize(socket(soonGone), new Date(now)), { ok: true });
+  assert.deepEqual(verdicts.authorize(socket(soonGone), new Date(now - 2 * DAY)), { ok: false, reason: 'not_yet_valid' });
+
+  // The same leaf from a header (no OpenSSL verdict), or with a handshake OpenSSL refused, is another question.
+  assert.deepEqual(verdicts.authorize({ ...socket(soonGone), source: 'header' }), { ok: true }); // root is in the bundle
+  assert.deepEqual(verdicts.authorize({ ...socket(soonGone), tlsAuthorized: false }), { ok: false, reason: 'untrusted_issuer' });
+  // Refusals are not remembered and do not evict.
+  const stranger = await pkiLeaf(other);
+  const sizeBefore = verdicts.size;
+  assert.deepEqual(verdicts.authorize({ ...socket(stranger), source: 'header' }), { ok: false, reason: 'untrusted_issuer' });
+  assert.deepEqual(verdicts.authorize({ ...socket(stranger), source: 'header' }), { ok: false, reason: 'untrusted_issuer' });
+  assert.equal(verdicts.size, sizeBefore);
+
+  // Capacity: the oldest entry goes first, and is simply validated again when it comes back.
+  const a = await pkiLeaf(root, { commonName: 'a' });
+  const b = await pkiLeaf(root, { commonName: 'b' });
+  const c = await pkiLeaf(root, { commonName: 'c' });
+  for (const leaf of [a, b, c, a]) assert.deepEqual(verdicts.authorize(socket(leaf)), { ok: true });
+  assert.equal(verdicts.size, 2);
+});
+
+test('CertificateVerdicts: a chain sent along is part of the question, and its expiry bounds the verdict', async () => {
+  const { root } = await pki();
+  const now = Date.now();
+  const shortLived = await makeIntermediate(root, 'Short-lived Intermediate', { notAfter: new Date(now + DAY) });
+  const leaf = await pkiLeaf(shortLived, { commonName: 'via-intermediate' });
+  const verdicts = new CertificateVerdicts(loadTrustAnchors(root.pem));
+  const header = (chain: Array<Ca | Leaf>): PresentedCertificate => ({
+    ...presentedOf(leaf, chain), source: 'header', thumbprint: x5tS256(leaf.node.raw), der: leaf.node.raw, pem: leaf.pem,
+  });
+  assert.deepEqual(verdicts.authorize(header([])), { ok: false, reason: 'untrusted_issuer' });
+  assert.deepEqual(verdicts.authorize(header([shortLived])), { ok: true });
+  assert.deepEqual(verdicts.authorize(header([])), { ok: false, reason: 'untrusted_issuer' }); // not answered from the entry with the chain
+  // The leaf lives 30 days, the intermediate one: the verdict ends with the intermediate.
+  assert.deepEqual(verdicts.authorize(header([shortLived]), new Date(now + 2 * DAY)), { ok: false, reason: 'expired' });
+});
+
+test('middleware: keep-alive requests on one connection share its certificate reading', async (t) => {
+  const root = await makeRoot('Keep-alive Root');
+  const serverCert = await pkiLeaf(root, { commonName: 'localhost', ipAddresses: ['127.0.0.1'], extendedKeyUsage: ['serverAuth'] });
+  const client = await pkiLeaf(root, { commonName: 'keep-alive-client' });
+  const readings: Array<PresentedCertificate | undefined> = [];
+  const koa = new Koa();
+  koa.use(clientCertificates({}));
+  koa.use((ctx) => {
+    readings.push(presentedCertificate(ctx.req));
+    ctx.body = 'ok';
+  });
+  const port = await listen(t, https.createServer({ cert: serverCert.pem, key: serverCert.keyPem, ca: root.pem, requestCert: true, rejectUnauthorized: false }, koa.callback()));
+  const agent = new Agent({ connect: { ca: root.pem, cert: client.pem, key: client.keyPem }, connections: 1 });
+  const other = new Agent({ connect: { ca: root.pem, cert: client.pem, key: client.keyPem } });
+  t.after(() => Promise.all([agent.close(), other.close()]));
+  for (const dispatcher of [agent, agent, other]) {
+    const res = await request(`https://127.0.0.1:${port}/`, { dispatcher });
+    await res.body.text();
+  }
+  assert.equal(readings.length, 3);
+  assert.ok(readings[0] && readings[0] === readings[1], 'same connection: the same reading');
+  assert.ok(readings[2] && readings[2] !== readings[0], 'a new connection is read afresh');
+  assert.equal(readings[2].thumbprint, readings[0].thumbprint);
 });
 
 test('certificateFromDer refuses trailing bytes and non-certificates', async () => {

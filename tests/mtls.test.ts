@@ -1,6 +1,8 @@
 // RFC 8705 over real TLS handshakes: mTLS client authentication (tls_client_auth and
 // self_signed_tls_client_auth) and certificate-bound access and refresh tokens.
 import assert from 'node:assert/strict';
+import { once } from 'node:events';
+import tls from 'node:tls';
 import { after, before, describe, test } from 'node:test';
 
 import * as jose from 'jose';
@@ -200,5 +202,29 @@ describe('mTLS client authentication and certificate-bound tokens', () => {
     const renewed = await refresh(appCert, String(redeemed.body.refresh_token));
     assert.equal(renewed.status, 200, JSON.stringify(renewed.body));
     assert.deepEqual(jose.decodeJwt(String(renewed.body.access_token)).cnf, { 'x5t#S256': thumbprint(appCert.certPem) });
+  });
+
+  test('the mTLS listener refuses TLS 1.2 renegotiation: a connection keeps the certificate of its handshake', async () => {
+    const url = new URL(ts.mtlsBaseUrl);
+    const socket = tls.connect({
+      host: url.hostname, port: Number(url.port), ca: ts.caPem, servername: 'localhost', maxVersion: 'TLSv1.2',
+      cert: workload.certPem, key: workload.keyPem,
+    });
+    try {
+      await once(socket, 'secureConnect');
+      assert.equal(socket.getProtocol(), 'TLSv1.2');
+      const other = await issueClientCertificate(ca, 'someone-else');
+      // Ask for a new handshake (the server's answer is a no_renegotiation alert or a closed connection).
+      socket.setKeyCert?.(tls.createSecureContext({ cert: other.certPem, key: other.keyPem }));
+      const outcome = await new Promise<string>((resolve) => {
+        const started = socket.renegotiate({ rejectUnauthorized: false }, (err) => resolve(err ? 'refused' : 'renegotiated'));
+        if (!started) resolve('refused');
+        socket.once('error', () => resolve('refused'));
+        socket.once('close', () => resolve('refused'));
+      });
+      assert.equal(outcome, 'refused');
+    } finally {
+      socket.destroy();
+    }
   });
 });

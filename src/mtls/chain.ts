@@ -6,6 +6,7 @@ import type { X509Certificate } from 'node:crypto';
 import * as x509 from '@peculiar/x509';
 
 import { certificatesFromPem, type PresentedCertificate } from './certificate.ts';
+import { peculiarView, perCertificate } from './parsed.ts';
 
 /** Certificates of the CA bundle: a path is trusted when it ends at one of them. */
 export interface TrustAnchors {
@@ -133,7 +134,7 @@ function usableForClientAuth(leaf: X509Certificate): boolean {
   if (leaf.ca) return false;
   const eku = leaf.keyUsage as string[] | undefined; // node: the extendedKeyUsage OIDs, undefined without the extension
   if (eku !== undefined && !eku.includes(EKU_CLIENT_AUTH)) return false;
-  const keyUsage = peculiar(leaf).getExtension(x509.KeyUsagesExtension);
+  const keyUsage = peculiarView(leaf).getExtension(x509.KeyUsagesExtension);
   if (keyUsage && (keyUsage.usages & x509.KeyUsageFlags.digitalSignature) === 0) return false;
   return true;
 }
@@ -148,16 +149,11 @@ const HANDLED_EXTENSIONS = new Set([
   '2.5.29.37', // extKeyUsage
 ]);
 
-function hasUnhandledCriticalExtension(cert: X509Certificate): boolean {
-  return peculiar(cert).extensions.some((extension) => extension.critical && !HANDLED_EXTENSIONS.has(extension.type));
-}
+const hasUnhandledCriticalExtension = perCertificate((cert: X509Certificate): boolean =>
+  peculiarView(cert).extensions.some((extension) => extension.critical && !HANDLED_EXTENSIONS.has(extension.type)));
 
 function pathLengthExceeded(issuer: X509Certificate, intermediatesBelow: number): boolean {
-  const constraints = peculiar(issuer).getExtension(x509.BasicConstraintsExtension);
+  const constraints = peculiarView(issuer).getExtension(x509.BasicConstraintsExtension);
   const limit = constraints?.pathLength;
   return limit !== undefined && intermediatesBelow > limit;
-}
-
-function peculiar(cert: X509Certificate): x509.X509Certificate {
-  return new x509.X509Certificate(cert.raw);
 }

@@ -34,6 +34,7 @@ export {
   type ChainResult,
   type TrustAnchors,
 } from './chain.ts';
+export { CertificateVerdicts, MAX_REMEMBERED_VERDICTS } from './verdicts.ts';
 export {
   canonicalIp,
   certificateSubject,

@@ -130,7 +130,20 @@ function headerCertificates(values: Map<string, string>, format: CertificateHead
 function socketCertificate(req: IncomingMessage): PresentedCertificate | undefined {
   const socket = req.socket as Partial<TLSSocket>;
   if (typeof socket.getPeerCertificate !== 'function') return undefined; // plain HTTP listener
-  const peer = socket.getPeerCertificate(true) as Partial<DetailedPeerCertificate> | null;
+  // A connection's certificate is fixed once its handshake is done (our listeners refuse
+  // renegotiation: SSL_OP_NO_RENEGOTIATION), so keep-alive requests reuse the first request's reading.
+  const known = perConnection.get(req.socket);
+  if (known !== undefined) return known ?? undefined;
+  const found = readSocketCertificate(socket);
+  perConnection.set(req.socket, found ?? null);
+  return found;
+}
+
+/** Each TLS connection's certificate as read on its first request (null: it sent none). */
+const perConnection = new WeakMap<object, PresentedCertificate | null>();
+
+function readSocketCertificate(socket: Partial<TLSSocket>): PresentedCertificate | undefined {
+  const peer = socket.getPeerCertificate!(true) as Partial<DetailedPeerCertificate> | null;
   if (!peer?.raw || peer.raw.length === 0) return undefined; // {} when the client sent no certificate
   const leaf = certificateFromDer(peer.raw);
   const chain: X509Certificate[] = [];

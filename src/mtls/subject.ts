@@ -11,6 +11,8 @@ import type { X509Certificate } from 'node:crypto';
 import { isIPv4, isIPv6 } from 'node:net';
 import * as x509 from '@peculiar/x509';
 
+import { peculiarView, perCertificate } from './parsed.ts';
+
 export type SubjectProperty =
   | 'tls_client_auth_subject_dn'
   | 'tls_client_auth_san_dns'
@@ -147,8 +149,8 @@ export function isValidSubjectDn(dn: string): boolean {
 }
 
 /** The certificate's subject in comparable form, RFC 4514 order (most specific RDN first). */
-export function certificateSubject(leaf: X509Certificate): DistinguishedName {
-  return new x509.X509Certificate(leaf.raw).subjectName
+export const certificateSubject = perCertificate((leaf: X509Certificate): DistinguishedName =>
+  peculiarView(leaf).subjectName
     .toJSON()
     .reverse()
     .map((rdn) =>
@@ -158,8 +160,7 @@ export function certificateSubject(leaf: X509Certificate): DistinguishedName {
           return values.map((value) => (value.startsWith('#') ? attribute(oid, value.slice(1), true) : attribute(oid, value, false)));
         })
         .sort(),
-    );
-}
+    ));
 
 function sameDn(a: DistinguishedName, b: DistinguishedName): boolean {
   return a.length === b.length && a.every((rdn, i) => {
@@ -171,7 +172,7 @@ function sameDn(a: DistinguishedName, b: DistinguishedName): boolean {
 /** The certificate's SAN entries of one kind (empty when there is no SAN or it cannot be decoded). */
 function sanValues(leaf: X509Certificate, type: 'dns' | 'url' | 'ip' | 'email'): string[] {
   try {
-    const san = new x509.X509Certificate(leaf.raw).getExtension(x509.SubjectAlternativeNameExtension);
+    const san = peculiarView(leaf).getExtension(x509.SubjectAlternativeNameExtension);
     return (san?.names.items ?? []).filter((name) => name.type === type).map((name) => name.value);
   } catch {
     return []; // an undecodable SAN matches nothing

@@ -6,7 +6,7 @@ import type { IncomingMessage } from 'node:http';
 import type { Configuration, KoaContextWithOIDC } from 'oidc-provider';
 
 import {
-  authorizeCertificate, presentedCertificate, subjectMatches, type PresentedCertificate, type SubjectProperty, type TrustAnchors,
+  CertificateVerdicts, presentedCertificate, subjectMatches, type PresentedCertificate, type SubjectProperty, type TrustAnchors,
 } from '../mtls/index.ts';
 
 /**
@@ -24,6 +24,7 @@ export function usableCertificate(req: IncomingMessage, now = new Date()): Prese
 type MtlsFeature = NonNullable<NonNullable<Configuration['features']>['mTLS']>;
 
 export function mtlsFeature(trust: TrustAnchors): MtlsFeature {
+  const verdicts = new CertificateVerdicts(trust);
   return {
     enabled: true,
     certificateBoundAccessTokens: true,
@@ -32,7 +33,7 @@ export function mtlsFeature(trust: TrustAnchors): MtlsFeature {
     getCertificate: (ctx: KoaContextWithOIDC) => usableCertificate(ctx.req)?.leaf,
     certificateAuthorized: (ctx: KoaContextWithOIDC) => {
       const presented = usableCertificate(ctx.req);
-      return presented !== undefined && authorizeCertificate(presented, trust).ok;
+      return presented !== undefined && verdicts.authorize(presented).ok;
     },
     certificateSubjectMatches: (ctx: KoaContextWithOIDC, property: string, expected: string) => {
       const presented = usableCertificate(ctx.req);
