@@ -1,5 +1,6 @@
 // Summarises a V8 .cpuprofile of the server (BENCH_CPU_PROF=1 npm run bench):
 //   node --import tsx bench/profile-summary.ts bench/results/server-<stamp>.cpuprofile [top=20]
+//   PROFILE_LAST_SECONDS=10 ...   only the last 10 s of the profile (the load, without start-up and seeding)
 // Self time by function and by area (our src/ files, each npm package, node internals, GC), and
 // inclusive time by area (a sample counts once for every area on its stack) and by function of ours.
 import fs from 'node:fs/promises';
@@ -44,7 +45,14 @@ let total = 0;
 let idle = 0;
 const add = (m: Map<string, number>, k: string, v: number) => m.set(k, (m.get(k) ?? 0) + v);
 
+// Sample i was taken at startTime + the sum of timeDeltas[0..i].
+const lastSeconds = Number(process.env.PROFILE_LAST_SECONDS ?? 0);
+const from = lastSeconds > 0 ? profile.endTime - lastSeconds * 1e6 : -Infinity;
+let at = profile.startTime;
+const sampledAt = profile.timeDeltas.map((dt) => (at += dt));
+
 profile.samples.forEach((id, i) => {
+  if (sampledAt[i]! < from) return;
   const dt = profile.timeDeltas[i + 1] ?? 0;
   const node = byId.get(id)!;
   if (node.callFrame.functionName === '(idle)') {
@@ -74,7 +82,8 @@ const print = (title: string, m: Map<string, number>) => {
   console.log(`\n${title}`);
   for (const [k, v] of [...m].sort((a, b) => b[1] - a[1]).slice(0, top)) console.log(`  ${pct(v)}  ${k}`);
 };
-console.log(`${file}: ${((profile.endTime - profile.startTime) / 1e6).toFixed(1)} s wall, ${(total / 1e6).toFixed(1)} s busy, ${(idle / 1e6).toFixed(1)} s idle (percentages of busy time)`);
+const wall = lastSeconds > 0 ? Math.min(lastSeconds, (profile.endTime - profile.startTime) / 1e6) : (profile.endTime - profile.startTime) / 1e6;
+console.log(`${file}: ${wall.toFixed(1)} s wall, ${(total / 1e6).toFixed(1)} s busy, ${(idle / 1e6).toFixed(1)} s idle (percentages of busy time)`);
 print('self time by function', selfByFunction);
 print('self time by area', selfByArea);
 print('inclusive time by area (stack contains it)', inclusiveByArea);

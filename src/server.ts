@@ -18,7 +18,9 @@ import { countUsers } from './accounts/users.ts';
 import { countClients } from './clients/register.ts';
 import type { Config } from './config.ts';
 import { openDb, type Db } from './db/index.ts';
+import { openChangeFeed } from './db/change-feed.ts';
 import { migrate } from './db/migrate.ts';
+import { ReadCache, withReadCache } from './db/read-cache.ts';
 import { createApp, type ProviderHandle } from './http/app.ts';
 import { interactionRoutes } from './interactions/routes.ts';
 import { accountRoutes } from './interactions/account.ts';
@@ -108,18 +110,22 @@ function withPort(base: string, actual: number): string {
 export async function startServer(options: ServerOptions): Promise<RunningServer> {
   const { config, logger } = options;
   const production = config.env === 'production';
-  const db = options.db ?? await openDb(config);
+  const database = options.db ?? await openDb(config);
   const ownsDb = !options.db;
   // A start that fails leaves no open database behind (PGlite would keep its directory locked).
   const failStart = async (message: string): Promise<never> => {
-    if (ownsDb) await db.close().catch(() => {});
+    if (ownsDb) await database.close().catch(() => {});
     throw new StartupError(message);
   };
-  await db.ping().catch((err: Error) => failStart(
+  await database.ping().catch((err: Error) => failStart(
     `database unreachable (${config.databaseUrl ? 'DATABASE_URL' : 'embedded'}): ${(err.cause as Error | undefined)?.message ?? err.message}`,
   ));
-  const applied = await migrate(db).catch((err: Error) => failStart(err.message));
+  const applied = await migrate(database).catch((err: Error) => failStart(err.message));
   if (applied.length) logger.info({ migrations: applied }, 'database migrated');
+  // Configuration read on every request (clients, resource servers, policies, users) is cached while
+  // the database announces its changes (src/db/read-cache.ts); all of the server uses this Db.
+  const changeFeed = await openChangeFeed(database, logger);
+  const db = withReadCache(database, new ReadCache(changeFeed));
   const rateLimiters = await createRateLimiters(config, db, { logger }).catch((err: Error) => failStart(err.message));
   logger.info({ backend: rateLimiters.backend, enabled: rateLimiters.enabled }, 'rate limits');
 
@@ -294,7 +300,8 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
       await webhooks?.stop();
       await Promise.all([closeServer(browserServer), closeServer(mtlsServer)]);
       await rateLimiters.close();
-      if (ownsDb) await db.close();
+      await changeFeed.close();
+      if (ownsDb) await database.close();
     },
   };
 }

@@ -4,6 +4,7 @@ import { randomUUID } from 'node:crypto';
 import { z } from 'zod';
 
 import type { Queryable } from '../db/index.ts';
+import { cacheableQuery } from '../db/read-cache.ts';
 import { hashPassword, MAX_PASSWORD_LENGTH, MIN_PASSWORD_LENGTH } from './passwords.ts';
 
 export interface User {
@@ -74,8 +75,10 @@ export async function findUserByUsername(db: Queryable, username: string): Promi
   return rows[0] && fromRow(rows[0]);
 }
 
+const FIND_USER_BY_ID = cacheableQuery('SELECT * FROM users WHERE id = $1', ['users']);
+
 export async function findUserById(db: Queryable, id: string): Promise<User | undefined> {
-  const { rows } = await db.query<UserRow>('SELECT * FROM users WHERE id = $1', [id]);
+  const { rows } = await db.query<UserRow>(FIND_USER_BY_ID, [id]);
   return rows[0] && fromRow(rows[0]);
 }
 

@@ -7,6 +7,7 @@
 import { z } from 'zod';
 
 import type { Queryable } from '../db/index.ts';
+import { cacheableQuery } from '../db/read-cache.ts';
 import { SmartDataError } from '../smart/patients.ts';
 import { normaliseRoleScope, ROLE_PATTERN } from '../smart/roles.ts';
 
@@ -239,15 +240,15 @@ export async function upsertExchangePolicy(
   return fromRow(rows[0]!);
 }
 
+const FIND_POLICY = cacheableQuery(`SELECT ${COLUMNS} FROM exchange_policies WHERE actor_client_id = $1 AND audience = $2`, ['exchange_policies']);
+
 /** The policy of this actor for this audience (exact match), or undefined: no policy, no exchange. */
 export async function findExchangePolicy(db: Queryable, actorClientId: string, audience: string): Promise<ExchangePolicy | undefined> {
   // Values that cannot be stored cannot match (and a NUL would fail the query): deny without asking.
   if (typeof actorClientId !== 'string' || !CLIENT_ID_PATTERN.test(actorClientId) || typeof audience !== 'string' || audience.includes('\0')) {
     return undefined;
   }
-  const { rows } = await db.query<PolicyRow>(
-    `SELECT ${COLUMNS} FROM exchange_policies WHERE actor_client_id = $1 AND audience = $2`, [actorClientId, audience],
-  );
+  const { rows } = await db.query<PolicyRow>(FIND_POLICY, [actorClientId, audience]);
   return rows[0] && fromRow(rows[0]);
 }
 

@@ -4,6 +4,7 @@
 import { z } from 'zod';
 
 import type { Queryable } from '../db/index.ts';
+import { cacheableQuery } from '../db/read-cache.ts';
 import { narrow, parseScope, type ResourceScope } from '../smart/scopes.ts';
 import { ACR_VALUES, strictest, type AuthenticationRequirement } from './assurance.ts';
 
@@ -62,9 +63,11 @@ export async function setStepUpRule(db: Queryable, input: StepUpRule): Promise<v
   );
 }
 
+const LIST_RULES = cacheableQuery('SELECT scope, client_id, audience, acr_values, max_age FROM step_up_rules ORDER BY id', ['step_up_rules']);
+
 export async function listStepUpRules(db: Queryable): Promise<StepUpRule[]> {
   const { rows } = await db.query<{ scope: string | null; client_id: string | null; audience: string | null; acr_values: string[]; max_age: number | null }>(
-    'SELECT scope, client_id, audience, acr_values, max_age FROM step_up_rules ORDER BY id',
+    LIST_RULES,
   );
   return rows.map((r) => ({
     ...(r.scope !== null ? { scope: r.scope } : {}),

@@ -5,6 +5,7 @@ import { errors } from 'oidc-provider';
 
 import type { StorageAudit } from '../audit/storage-events.ts';
 import type { Db, Queryable } from '../db/index.ts';
+import { cacheableQuery } from '../db/read-cache.ts';
 import { digestClientSecret, isClientSecretDigest } from './client-secrets.ts';
 
 interface PayloadRow extends Record<string, unknown> {
@@ -235,6 +236,8 @@ export async function storeClient(
   return result.rowCount > 0;
 }
 
+const FIND_ENABLED_CLIENT = cacheableQuery('SELECT metadata FROM clients WHERE client_id = $1 AND disabled_at IS NULL', ['clients']);
+
 class ClientAdapter implements Adapter {
   constructor(private readonly db: Db, private readonly clientSecretKey: string | undefined) {}
 
@@ -243,11 +246,8 @@ class ClientAdapter implements Adapter {
   }
 
   async find(id: string): Promise<AdapterPayload | undefined> {
-    const { rows } = await this.db.query<{ metadata: AdapterPayload }>(
-      // A disabled client is unknown to oidc-provider: no authentication, no token, no introspection.
-      'SELECT metadata FROM clients WHERE client_id = $1 AND disabled_at IS NULL',
-      [id],
-    );
+    // A disabled client is unknown to oidc-provider: no authentication, no token, no introspection.
+    const { rows } = await this.db.query<{ metadata: AdapterPayload }>(FIND_ENABLED_CLIENT, [id]);
     const metadata = rows[0]?.metadata;
     return metadata && withCertificateBindingDefault(metadata);
   }

@@ -4,6 +4,7 @@ import { z } from 'zod';
 
 import { MAX_ACCESS_TOKEN_TTL } from '../config.ts';
 import type { Queryable } from '../db/index.ts';
+import { cacheableQuery } from '../db/read-cache.ts';
 
 export interface ResourceServer {
   identifier: string;
@@ -43,8 +44,10 @@ const fromRow = (row: Row): ResourceServer => ({
   introspectionClientId: row.introspection_client_id,
 });
 
+const FIND_RESOURCE_SERVER = cacheableQuery('SELECT * FROM resource_servers WHERE identifier = $1', ['resource_servers']);
+
 export async function findResourceServer(db: Queryable, identifier: string): Promise<ResourceServer | undefined> {
-  const { rows } = await db.query<Row>('SELECT * FROM resource_servers WHERE identifier = $1', [identifier]);
+  const { rows } = await db.query<Row>(FIND_RESOURCE_SERVER, [identifier]);
   return rows[0] && fromRow(rows[0]);
 }
 
