@@ -358,4 +358,26 @@ describe('what the log stores', () => {
     assert.deepEqual(results.map((r) => r.status), ['fulfilled', 'rejected', 'fulfilled']);
     assert.equal((await verifyAuditChain(testDb.db, keys.chain)).ok, true);
   });
+
+  test('an action\'s own row commits with its record in the group commit; one failing row fails only its own action', async () => {
+    const testDb = await freshDb();
+    const keys = newKeys();
+    const audit = new AuditLog(testDb.db, keys, undefined);
+    await testDb.db.exec('CREATE TABLE test_actions (id text PRIMARY KEY, n integer NOT NULL)');
+    await testDb.db.query("INSERT INTO test_actions (id, n) VALUES ('taken', 0)");
+    const combine = (rows: ReadonlyArray<readonly unknown[]>) => ({
+      sql: `INSERT INTO test_actions (id, n) VALUES ${rows.map((_, i) => `($${2 * i + 1}, $${2 * i + 2})`).join(', ')}`,
+      params: rows.flat(),
+    });
+    const ids = ['a1', 'a2', 'taken', 'a4', 'a5'];
+    const results = await Promise.allSettled(ids.map((id, n) => audit.record(
+      { type: 'test.action', outcome: 'success', details: { action: id } }, undefined, undefined, { kind: 'test_actions', values: [id, n + 1], combine },
+    )));
+    assert.deepEqual(results.map((r) => r.status), ['fulfilled', 'fulfilled', 'rejected', 'fulfilled', 'fulfilled']);
+    const rows = (await testDb.db.query<{ id: string }>('SELECT id FROM test_actions ORDER BY id')).rows.map((r) => r.id);
+    assert.deepEqual(rows, ['a1', 'a2', 'a4', 'a5', 'taken']);
+    const recorded = (await testDb.db.query<{ action: string }>("SELECT details->>'action' AS action FROM audit_events ORDER BY seq")).rows.map((r) => r.action);
+    assert.deepEqual(recorded.sort(), ['a1', 'a2', 'a4', 'a5'], 'no record for the action whose row failed, a record for every row written');
+    assert.equal((await verifyAuditChain(testDb.db, keys.chain)).ok, true);
+  });
 });

@@ -409,4 +409,31 @@ describe('token exchange (RFC 8693)', () => {
       });
     });
   });
+
+  test('a revocation of the clinician\'s grant landing while the exchange runs takes the new token back', async () => {
+    const clinician = await clinicianTokens();
+    // The revocation lands right after the child grant is linked, before the token is saved: exactly
+    // the window the exchange's final check is for (a trigger plays the concurrent revocation).
+    await ts.testDb.db.exec(`
+      CREATE FUNCTION test_revoke_parent() RETURNS trigger LANGUAGE plpgsql AS $$
+      BEGIN
+        DELETE FROM oidc_payloads WHERE model = 'Grant' AND id = NEW.parent_grant_id;
+        RETURN NEW;
+      END $$;
+      CREATE TRIGGER test_revoke_parent AFTER INSERT ON grant_links FOR EACH ROW EXECUTE FUNCTION test_revoke_parent();`);
+    const exchangedTokens = async () => (await ts.testDb.db.query<{ n: number }>(
+      "SELECT count(*)::int AS n FROM oidc_payloads WHERE model = 'AccessToken' AND payload->>'gty' = 'token_exchange'",
+    )).rows[0]!.n;
+    try {
+      const before = await exchangedTokens();
+      const res = await exchange(clinician.access_token);
+      await refused(res, 400, 'invalid_grant', 'subject_revoked_during_exchange');
+      assert.equal(res.body.error_description, 'subject token is not active');
+      assert.equal(await exchangedTokens(), before, 'the token saved meanwhile is gone');
+    } finally {
+      await ts.testDb.db.exec('DROP TRIGGER test_revoke_parent ON grant_links; DROP FUNCTION test_revoke_parent()');
+    }
+    // Without a concurrent revocation the same request would have worked: the clinician's token is now simply dead.
+    await refused(await exchange(clinician.access_token), 400, 'invalid_grant', 'subject_token_inactive');
+  });
 });

@@ -27,9 +27,21 @@ const MAX_BATCH = 200;
 
 export type StoredAuditRecord = ChainedRecord & { hash: string };
 
+/**
+ * A row the action itself writes, committed in the same transaction as its audit record (so neither
+ * exists without the other). Rows of the same `kind` in one group commit are written by one statement.
+ */
+export interface CompanionWrite {
+  kind: string;
+  values: readonly unknown[];
+  /** One statement writing all these rows (each the `values` of one companion of this kind). */
+  combine(rows: ReadonlyArray<readonly unknown[]>): { sql: string; params: unknown[] };
+}
+
 interface Pending {
   event: AuditEventInput;
   context: AuditRequestContext | undefined;
+  companion?: CompanionWrite | undefined;
   resolve(record: StoredAuditRecord): void;
   reject(err: unknown): void;
 }
@@ -138,10 +150,10 @@ export class AuditLog {
    * serialisation costs one round of database work per batch, not per event.
    * Throws AuditWriteError when the event cannot be written: callers fail closed.
    */
-  async record(event: AuditEventInput, tx?: Queryable, context = currentRequestContext()): Promise<StoredAuditRecord> {
+  async record(event: AuditEventInput, tx?: Queryable, context = currentRequestContext(), companion?: CompanionWrite): Promise<StoredAuditRecord> {
     try {
       assertWellFormed(event);
-      const [stored] = tx ? await this.appendAll(tx, [{ event, context }]) : [await this.enqueue({ event, context })];
+      const [stored] = tx ? await this.appendAll(tx, [{ event, context, companion }]) : [await this.enqueue({ event, context, companion })];
       this.logger?.info({ audit: { ...stored, hash: undefined, prevHash: undefined } }, 'audit');
       return stored!;
     } catch (err) {
@@ -207,6 +219,13 @@ export class AuditLog {
        VALUES ${tuples.join(', ')}`,
       params,
     );
+    // The actions' own rows, after their records: one statement per kind.
+    const kinds = new Map<string, CompanionWrite[]>();
+    for (const { companion } of items) if (companion) kinds.set(companion.kind, [...(kinds.get(companion.kind) ?? []), companion]);
+    for (const companions of kinds.values()) {
+      const { sql, params: rowParams } = companions[0]!.combine(companions.map((c) => c.values));
+      await q.query(sql, rowParams);
+    }
     return stored;
   }
 

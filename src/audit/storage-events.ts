@@ -5,7 +5,7 @@ import type { AdapterPayload } from 'oidc-provider';
 
 import type { Queryable } from '../db/index.ts';
 import type { AuditEventInput } from './event.ts';
-import type { AuditLog } from './log.ts';
+import type { AuditLog, CompanionWrite } from './log.ts';
 
 const TOKEN_TYPES: Record<string, string> = {
   AccessToken: 'access_token',
@@ -49,8 +49,16 @@ export class StorageAudit {
     };
   }
 
-  /** q: the caller's transaction, or undefined to join the audit log's group commit. */
-  async issued(q: Queryable | undefined, model: string, id: string, payload: Payload, expiresIn: number | undefined): Promise<void> {
+  /** Does saving this model write an issue event (issued() must then be given the row to store)? */
+  recordsIssue(model: string): boolean {
+    return model in TOKEN_TYPES;
+  }
+
+  /**
+   * q: the caller's transaction, or undefined to join the audit log's group commit. `row`: the token's
+   * own row, written in the same transaction as its record.
+   */
+  async issued(q: Queryable | undefined, model: string, id: string, payload: Payload, expiresIn: number | undefined, row?: CompanionWrite): Promise<void> {
     // Sessions and grants are recorded by the login and the consent that create them.
     if (!(model in TOKEN_TYPES)) return;
     const facts = this.facts(model, id, payload);
@@ -60,7 +68,7 @@ export class StorageAudit {
       rule: 'oidc.grant',
       ...facts,
       details: { ...facts.details, lifetime: expiresIn },
-    }, q);
+    }, q, undefined, row);
   }
 
   async consumed(q: Queryable | undefined, model: string, id: string, payload: Payload): Promise<void> {

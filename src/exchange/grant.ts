@@ -9,7 +9,7 @@ import { errors, type KoaContextWithOIDC } from 'oidc-provider';
 import { findUserById } from '../accounts/users.ts';
 import type { AuditLog } from '../audit/log.ts';
 import type { Db } from '../db/index.ts';
-import { linkChildGrant, revokeWholeGrant } from '../oidc/adapter.ts';
+import { allAlive, linkChildGrant, revokeWholeGrant } from '../oidc/adapter.ts';
 import type { JwtAccessTokenRegistry } from '../oidc/jwt-access-tokens.ts';
 import { usableCertificate } from '../oidc/mtls.ts';
 import { listStepUpRules } from '../mfa/step-up-rules.ts';
@@ -227,8 +227,8 @@ export function registerTokenExchange(provider: Provider, deps: TokenExchangeDep
 
     // A revocation that ran between the first look at the subject and the link above did not see the
     // child: look again now that the token exists, and take it back if the subject is gone.
-    const parentAlive = await provider.Grant.find(parentGrantId);
-    const subjectAlive = parentAlive && await findOurToken(String(params.subject_token));
+    // (The subject was verified above; its record is the AccessToken row of its jti, JWT or opaque.)
+    const subjectAlive = await allAlive(deps.db, [{ model: 'Grant', id: parentGrantId }, { model: 'AccessToken', id: String(record!.jti) }]);
     if (!subjectAlive) {
       await revokeWholeGrant(deps.db, childId);
       await deps.audit?.record({ type: 'exchange.refused', outcome: 'denied', severity: 'warning', rule: 'subject_revoked_during_exchange', ...event });

@@ -54,6 +54,16 @@ export async function linkChildGrant(db: Queryable, childGrantId: string, parent
   );
 }
 
+/** Are all of these stored artefacts still there (not revoked, not expired)? One query. */
+export async function allAlive(db: Queryable, artefacts: ReadonlyArray<{ model: string; id: string }>): Promise<boolean> {
+  const { rows } = await db.query<{ n: number }>(
+    `SELECT count(*)::int AS n FROM oidc_payloads
+      WHERE (model, id) IN (SELECT * FROM unnest($1::text[], $2::text[])) AND ${NOT_EXPIRED}`,
+    [artefacts.map((a) => a.model), artefacts.map((a) => a.id)],
+  );
+  return rows[0]?.n === new Set(artefacts.map((a) => `${a.model}\u0000${a.id}`)).size;
+}
+
 /**
  * Deletes every stored artefact of a grant (tokens, codes, the grant itself) in one statement: for a
  * detected replay, where the whole grant is presumed stolen.
@@ -74,6 +84,25 @@ export async function sweepExpired(db: Queryable): Promise<number> {
   const result = await db.query('DELETE FROM oidc_payloads WHERE expires_at <= now()');
   await db.query('DELETE FROM grant_links WHERE expires_at <= now()');
   return result.rowCount;
+}
+
+/** Inserts (or replaces) payload rows: [model, id, json, grant_id, user_code, uid, expires_in seconds | null]. */
+function upsertPayloads(rows: ReadonlyArray<readonly unknown[]>): { sql: string; params: unknown[] } {
+  const params: unknown[] = [];
+  const tuples = rows.map((row) => {
+    const at = params.length;
+    params.push(...row);
+    const p = (i: number) => `$${at + i}`;
+    return `(${p(1)}, ${p(2)}, ${p(3)}::jsonb, ${p(4)}, ${p(5)}, ${p(6)}, CASE WHEN ${p(7)}::double precision IS NULL THEN NULL
+              ELSE now() + make_interval(secs => ${p(7)}::double precision) END)`;
+  });
+  return {
+    sql: `INSERT INTO oidc_payloads (model, id, payload, grant_id, user_code, uid, expires_at)
+          VALUES ${tuples.join(', ')}
+          ON CONFLICT (model, id) DO UPDATE SET payload = EXCLUDED.payload, grant_id = EXCLUDED.grant_id,
+            user_code = EXCLUDED.user_code, uid = EXCLUDED.uid, expires_at = EXCLUDED.expires_at`,
+    params,
+  };
 }
 
 class PayloadAdapter implements Adapter {
@@ -103,18 +132,16 @@ class PayloadAdapter implements Adapter {
       if (inserted.rowCount === 0) throw new errors.InvalidClientAuth('client assertion tokens must only be used once');
       return;
     }
-    // Issuing is frequent: its event joins the audit log's group commit and is committed BEFORE the
-    // token is stored, so a token whose record could not be written never exists (fail closed).
+    const row = [this.model, id, json, payload.grantId ?? null, payload.userCode ?? null, payload.uid ?? null, expiresIn ?? null];
+    // Issuing is frequent: the token's row and its event join the audit log's group commit and are
+    // committed together, so a token whose record could not be written never exists (fail closed).
     // Tokens and codes are saved exactly once (fresh random ids), so every save is an issue.
-    await this.auditor?.issued(undefined, this.model, id, payload, expiresIn);
-    await this.db.query(
-      `INSERT INTO oidc_payloads (model, id, payload, grant_id, user_code, uid, expires_at)
-       VALUES ($1, $2, $3::jsonb, $4, $5, $6, CASE WHEN $7::double precision IS NULL THEN NULL
-                                                   ELSE now() + make_interval(secs => $7::double precision) END)
-       ON CONFLICT (model, id) DO UPDATE SET payload = EXCLUDED.payload, grant_id = EXCLUDED.grant_id,
-         user_code = EXCLUDED.user_code, uid = EXCLUDED.uid, expires_at = EXCLUDED.expires_at`,
-      [this.model, id, json, payload.grantId ?? null, payload.userCode ?? null, payload.uid ?? null, expiresIn ?? null],
-    );
+    if (this.auditor?.recordsIssue(this.model)) {
+      await this.auditor.issued(undefined, this.model, id, payload, expiresIn, { kind: 'oidc_payloads', values: row, combine: upsertPayloads });
+      return;
+    }
+    const { sql, params } = upsertPayloads([row]);
+    await this.db.query(sql, params);
   }
 
   async find(id: string): Promise<AdapterPayload | undefined> {

@@ -100,9 +100,13 @@ export interface TestServerOptions {
   captureLogs?: boolean;
 }
 
+// TestServer.testDb shows the server's own Db (its configuration cache sees the test's writes at once,
+// as it sees the server's own); a second server on the same database gets the database itself.
+const underlying = new WeakMap<TestDb, TestDb>();
+
 export async function startTestServer(options: TestServerOptions = {}): Promise<TestServer> {
   const keysDir = options.keysDir ?? await fs.mkdtemp(path.join(os.tmpdir(), 'authz-keys-'));
-  const testDb = options.testDb ?? await createTestDb();
+  const testDb = options.testDb ? underlying.get(options.testDb) ?? options.testDb : await createTestDb();
   const config = loadConfig({
     NODE_ENV: 'test',
     ISSUER: 'https://localhost:0',
@@ -121,8 +125,10 @@ export async function startTestServer(options: TestServerOptions = {}): Promise<
     ? createLogger('info', { write: (line: string) => { logs.push(line); } })
     : createLogger(process.env.TEST_LOG_LEVEL ?? 'silent');
   const server = await startServer({ config, logger, db: testDb.db });
+  const serversTestDb: TestDb = { ...testDb, db: server.db };
+  underlying.set(serversTestDb, testDb);
   if (options.seed !== null) {
-    await applySeed(testDb.db, server.provider(), server.secrets.clientSecretKey, options.seed ?? TEST_SEED);
+    await applySeed(server.db, server.provider(), server.secrets.clientSecretKey, options.seed ?? TEST_SEED);
   }
   const caPem = server.tls.caPem;
   const clientCert = await ensureDevClientCertificate(keysDir, 'test-client');
@@ -134,7 +140,7 @@ export async function startTestServer(options: TestServerOptions = {}): Promise<
     mtlsBaseUrl: server.mtlsBaseUrl,
     keysDir,
     caPem,
-    testDb,
+    testDb: serversTestDb,
     dispatcher,
     clientCert,
     endpoint: (p: string) => `${p.startsWith('/token') ? server.mtlsBaseUrl : server.issuer}${p}`,
