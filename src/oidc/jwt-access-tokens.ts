@@ -98,9 +98,21 @@ export class JwtAccessTokenRegistry {
       const { format: _format, ...payload } = stored;
       return AccessToken.instantiate(payload);
     };
+    // Introspection also asks the other token models for the value it got (the handle): a handle is
+    // never one of their ids (opaque ids have no '.'), so they answer without a database round trip.
+    for (const model of [provider.ClientCredentials, provider.RefreshToken] as unknown as Array<{ find(value: unknown, options?: unknown): Promise<unknown> }>) {
+      const find = model.find.bind(model);
+      model.find = (value: unknown, options?: unknown) => (isHandle(value) ? Promise.resolve(undefined) : find(value, options));
+    }
   }
 }
 
+const HANDLE_PREFIX = 'jwt-handle.';
+
 function randomHandle(): string {
-  return `jwt-handle.${randomBytes(24).toString('base64url')}`;
+  return `${HANDLE_PREFIX}${randomBytes(24).toString('base64url')}`;
+}
+
+function isHandle(value: unknown): boolean {
+  return typeof value === 'string' && value.startsWith(HANDLE_PREFIX);
 }
