@@ -55,7 +55,7 @@ export class JwtAccessTokenRegistry {
     }
     let jti: unknown;
     try {
-      ({ payload: { jti } } = await jwtVerify(token, createLocalJWKSet(jwks), { issuer, typ: 'at+jwt' }));
+      ({ payload: { jti } } = await jwtVerify(token, localKeySet(jwks), { issuer, typ: 'at+jwt' }));
     } catch {
       return randomHandle(); // forged, expired or foreign JWT: an unknown handle answers inactive
     }
@@ -71,7 +71,7 @@ export class JwtAccessTokenRegistry {
    */
   async verifiedRecord(token: string, jwks: JSONWebKeySet, issuer: string): Promise<AdapterPayload | undefined> {
     try {
-      const { payload: { jti } } = await jwtVerify(token, createLocalJWKSet(jwks), { issuer, typ: 'at+jwt' });
+      const { payload: { jti } } = await jwtVerify(token, localKeySet(jwks), { issuer, typ: 'at+jwt' });
       const stored = typeof jti === 'string' ? await this.store.find(jti) : undefined;
       if (stored?.format !== FORMAT) return undefined;
       const { format: _format, ...record } = stored;
@@ -105,6 +105,15 @@ export class JwtAccessTokenRegistry {
       model.find = (value: unknown, options?: unknown) => (isHandle(value) ? Promise.resolve(undefined) : find(value, options));
     }
   }
+}
+
+// One jose key set per published key set: it keeps the imported keys, so a verification does not
+// import the public key again (a key set object lives as long as its provider build).
+const keySets = new WeakMap<JSONWebKeySet, ReturnType<typeof createLocalJWKSet>>();
+function localKeySet(jwks: JSONWebKeySet): ReturnType<typeof createLocalJWKSet> {
+  let keys = keySets.get(jwks);
+  if (!keys) keySets.set(jwks, (keys = createLocalJWKSet(jwks)));
+  return keys;
 }
 
 const HANDLE_PREFIX = 'jwt-handle.';
