@@ -126,7 +126,8 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
   // the database announces its changes (src/db/read-cache.ts); all of the server uses this Db.
   const changeFeed = await openChangeFeed(database, logger);
   const db = withReadCache(database, new ReadCache(changeFeed));
-  const rateLimiters = await createRateLimiters(config, db, { logger }).catch((err: Error) => failStart(err.message));
+  // The database itself: PGlite's in-memory counters are shared per Db object (see limiters.ts).
+  const rateLimiters = await createRateLimiters(config, database, { logger }).catch((err: Error) => failStart(err.message));
   logger.info({ backend: rateLimiters.backend, enabled: rateLimiters.enabled }, 'rate limits');
 
   const secrets = await loadOrCreateSecrets(config.keysDir, { allowGenerate: !production });

@@ -17,6 +17,9 @@ export function auditResponses(audit: AuditLog, onError: (err: unknown) => void)
     if (ctx.method !== 'POST' || !TOKEN_PATHS.has(endpoint)) return;
     const body = ctx.body as { error?: unknown; active?: unknown } | undefined;
     if (!body || typeof body !== 'object') return;
+    // The service could not answer (database or counter store unavailable): nothing was decided, the
+    // audit log is most likely unwritable too, and the failure is logged where it happened.
+    if (body.error === 'temporarily_unavailable') return;
     const authenticated = (ctx as unknown as OidcState).oidc?.client?.clientId;
     try {
       if (body.error === 'invalid_client') {

@@ -35,7 +35,7 @@ export const NO_CHANGE_FEED: ChangeFeed = { live: false, subscribe() {}, close: 
 const HEARTBEAT_MS = 2_000;
 const HEARTBEAT_TIMEOUT_MS = 1_500;
 const RECONNECT_MIN_MS = 250;
-const RECONNECT_MAX_MS = 5_000;
+const RECONNECT_MAX_MS = 2_000;
 
 class PostgresChangeFeed implements ChangeFeed {
   private connected = false;

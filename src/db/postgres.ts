@@ -72,6 +72,14 @@ export function createPostgresDb(connectionString: string, poolSize: number, opt
       } catch (err) {
         throw translateError(err);
       }
+      // pg-pool takes its own 'error' listener off a client while it is checked out, and pg emits
+      // 'error' on the client when its connection drops (a PostgreSQL restart, a reset), even with a
+      // query running: with no listener, that is an uncaught exception and the process dies. The
+      // running query fails on its own (and becomes a 503); here the connection is only marked lost,
+      // so the client is destroyed on release instead of going back to the pool.
+      let lost: Error | undefined;
+      const onError = (err: Error) => { lost = err; };
+      client.on('error', onError);
       const tx: Queryable = {
         query: (sql, params) => run(client, sql, params),
         exec: (sql) => script(client, sql),
@@ -92,8 +100,10 @@ export function createPostgresDb(connectionString: string, poolSize: number, opt
         }
         throw err;
       } finally {
-        // A client whose rollback failed is in an unknown state: destroy it rather than reuse it.
-        client.release(broken instanceof Error ? broken : undefined);
+        // A client whose rollback failed is in an unknown state: destroy it rather than reuse it. From
+        // release on, the pool's own listener takes its errors again.
+        client.removeListener('error', onError);
+        client.release(broken instanceof Error ? broken : lost);
       }
     },
     async ping() {

@@ -28,6 +28,7 @@ import {
 import type { Config, RateLimitRule } from '../config.ts';
 import { DatabaseUnavailableError, type Db } from '../db/db.ts';
 import type { Logger } from '../log.ts';
+import { PointLeases } from './leases.ts';
 
 export type RateLimiterName = 'client' | 'loginIp' | 'loginUser';
 export type RateLimitBackend = 'redis' | 'postgres' | 'memory';
@@ -197,23 +198,48 @@ export type ConsumeOutcome =
     firstRefusal: boolean;
   };
 
-/** Takes one point for `key`. Throws RateLimitUnavailableError when the counter store cannot answer. */
+const clientLeases = new WeakMap<RateLimiterAbstract, PointLeases>();
+/** Counter stores that failed and have not answered since: reported once, not once per request. */
+const failing = new WeakSet<RateLimiters>();
+
+function storeAnswered(limiters: RateLimiters): void {
+  if (!failing.delete(limiters)) return;
+  limiters.logger?.info({ backend: limiters.backend }, 'rate-limit store answering again');
+}
+
+/**
+ * Takes one point for `key`. Throws RateLimitUnavailableError when the counter store cannot answer.
+ * The per-client limiter takes its points from the shared counter a lease at a time (leases.ts).
+ */
 export async function consumePoint(limiters: RateLimiters, name: RateLimiterName, key: string): Promise<ConsumeOutcome> {
   const limiter = limiters[name];
+  const refused = (rejection: RateLimiterRes, firstRefusal: boolean): ConsumeOutcome => ({
+    allowed: false,
+    retryAfterSeconds: Math.max(1, Math.ceil(rejection.msBeforeNext / 1000)),
+    firstRefusal,
+  });
   try {
+    if (name === 'client') {
+      let leases = clientLeases.get(limiter);
+      if (!leases) clientLeases.set(limiter, (leases = new PointLeases(limiter, limiters.rules.client.points)));
+      const outcome = await leases.consume(key);
+      storeAnswered(limiters);
+      return outcome.allowed ? outcome : refused(outcome.rejection, outcome.crossedLimit);
+    }
     await limiter.consume(key, 1);
+    storeAnswered(limiters);
     return { allowed: true };
   } catch (rejection) {
     if (rejection instanceof RateLimiterRes) {
-      return {
-        allowed: false,
-        retryAfterSeconds: Math.max(1, Math.ceil(rejection.msBeforeNext / 1000)),
-        // The counter is atomic in every store, so only one request anywhere sees points + 1. Requests
-        // refused from the in-memory block report 0 consumed points and are never "first".
-        firstRefusal: rejection.consumedPoints === limiters.rules[name].points + 1,
-      };
+      storeAnswered(limiters);
+      // The counter is atomic in every store, so only one request anywhere sees points + 1. Requests
+      // refused from the in-memory block report 0 consumed points and are never "first".
+      return refused(rejection, rejection.consumedPoints === limiters.rules[name].points + 1);
     }
-    limiters.logger?.warn({ limiter: name, backend: limiters.backend, err: (rejection as Error)?.message }, 'rate-limit store failed; request refused');
+    if (!failing.has(limiters)) {
+      failing.add(limiters);
+      limiters.logger?.warn({ limiter: name, backend: limiters.backend, err: (rejection as Error)?.message }, 'rate-limit store failed; requests refused until it answers');
+    }
     throw new RateLimitUnavailableError(rejection);
   }
 }
