@@ -9,7 +9,7 @@ import { errors, type KoaContextWithOIDC } from 'oidc-provider';
 import { findUserById } from '../accounts/users.ts';
 import type { AuditLog } from '../audit/log.ts';
 import type { Db } from '../db/index.ts';
-import { allAlive, linkChildGrant, revokeWholeGrant } from '../oidc/adapter.ts';
+import { allAlive, revokeWholeGrant, saveAsChildGrant } from '../oidc/adapter.ts';
 import type { JwtAccessTokenRegistry } from '../oidc/jwt-access-tokens.ts';
 import { usableCertificate } from '../oidc/mtls.ts';
 import { listStepUpRules } from '../mfa/step-up-rules.ts';
@@ -92,8 +92,8 @@ export function registerTokenExchange(provider: Provider, deps: TokenExchangeDep
     if (!found) return inactive;
     const { record } = found;
     // A clinician's token: client-credentials tokens have no user to act for.
-    const grant = typeof record.grantId === 'string' ? await provider.Grant.find(record.grantId) : undefined;
-    if (!grant || !record.accountId) return inactive;
+    const grantAlive = found.grantAlive ?? (typeof record.grantId === 'string' && !!await provider.Grant.find(record.grantId));
+    if (!grantAlive || typeof record.grantId !== 'string' || !record.accountId) return inactive;
     const extra = record.extra ?? {};
     const breakGlassId = extra.break_glass === true && typeof extra.break_glass_id === 'string' ? extra.break_glass_id : undefined;
     const breakGlassActive = breakGlassId ? !!await activeBreakGlass(deps.db, breakGlassId) : false;
@@ -195,9 +195,8 @@ export function registerTokenExchange(provider: Provider, deps: TokenExchangeDep
     // Linked before anything is issued, so a revocation of the clinician's grant from now on reaches it.
     const child = new provider.Grant({ accountId: subject.facts.accountId!, clientId: client.clientId });
     child.addResourceScope(decision.audience, decision.scope);
-    const childId = await child.save();
     const lifetime = Math.min(decision.lifetimeSeconds, resourceServer!.accessTokenTtl ?? Infinity);
-    await linkChildGrant(deps.db, childId, parentGrantId, new Date((Math.floor(Date.now() / 1000) + lifetime) * 1000));
+    const childId = await saveAsChildGrant(parentGrantId, new Date((Math.floor(Date.now() / 1000) + lifetime) * 1000), () => child.save());
 
     const token = new provider.AccessToken({
       accountId: subject.facts.accountId!,

@@ -1,5 +1,7 @@
 // oidc-provider storage adapter on our Db: one table for every model, plus the clients table.
 // Nothing lives in process memory, so any number of processes serve one issuer.
+import { AsyncLocalStorage } from 'node:async_hooks';
+
 import type { Adapter, AdapterConstructor, AdapterPayload } from 'oidc-provider';
 import { errors } from 'oidc-provider';
 
@@ -47,6 +49,31 @@ export async function grantFamily(db: Queryable, grantId: string): Promise<strin
 }
 
 /** Records that `childGrantId` was derived from `parentGrantId` (token exchange). */
+/** A stored artefact and whether the grant it belongs to is still there (one query). */
+export async function findWithGrant(db: Queryable, model: string, id: string): Promise<{ payload: AdapterPayload; grantAlive: boolean } | undefined> {
+  const { rows } = await db.query<PayloadRow & { grant_alive: boolean }>(
+    `SELECT t.payload, t.consumed_at,
+            EXISTS (SELECT 1 FROM oidc_payloads g
+                     WHERE g.model = 'Grant' AND g.id = t.grant_id AND (g.expires_at IS NULL OR g.expires_at > now())) AS grant_alive
+       FROM oidc_payloads t
+      WHERE t.model = $1 AND t.id = $2 AND (t.expires_at IS NULL OR t.expires_at > now())`,
+    [model, id],
+  );
+  const payload = withConsumed(rows[0]);
+  return payload && { payload, grantAlive: rows[0]!.grant_alive };
+}
+
+const childGrantLink = new AsyncLocalStorage<{ parentGrantId: string; expiresAt: Date }>();
+
+/**
+ * Runs `save` (which saves one Grant through the adapter) so that the grant is stored as a child of
+ * `parentGrantId`: its row and its link are written by one statement, so neither exists without the
+ * other and a revocation of the parent reaches it from the moment it exists.
+ */
+export function saveAsChildGrant<T>(parentGrantId: string, expiresAt: Date, save: () => Promise<T>): Promise<T> {
+  return childGrantLink.run({ parentGrantId, expiresAt }, save);
+}
+
 export async function linkChildGrant(db: Queryable, childGrantId: string, parentGrantId: string, expiresAt: Date): Promise<void> {
   await db.query(
     'INSERT INTO grant_links (child_grant_id, parent_grant_id, expires_at) VALUES ($1, $2, $3)',
@@ -141,6 +168,17 @@ class PayloadAdapter implements Adapter {
       return;
     }
     const { sql, params } = upsertPayloads([row]);
+    const link = this.model === 'Grant' ? childGrantLink.getStore() : undefined;
+    if (link) {
+      const linked = await this.db.query(
+        `WITH saved AS (${sql} RETURNING id)
+         INSERT INTO grant_links (child_grant_id, parent_grant_id, expires_at)
+         SELECT id, $${params.length + 1}, $${params.length + 2} FROM saved`,
+        [...params, link.parentGrantId, link.expiresAt],
+      );
+      if (linked.rowCount !== 1) throw new Error('child grant not linked');
+      return;
+    }
     await this.db.query(sql, params);
   }
 

@@ -9,7 +9,7 @@ import type Provider from 'oidc-provider';
 
 import type { StorageAudit } from '../audit/storage-events.ts';
 import type { Db } from '../db/index.ts';
-import { createAdapter } from './adapter.ts';
+import { createAdapter, findWithGrant } from './adapter.ts';
 
 type TokenLike = Record<string, unknown> & { jti?: string; constructor: { IN_PAYLOAD?: string[] } };
 
@@ -21,7 +21,7 @@ export class JwtAccessTokenRegistry {
   /** Per-request handles that stand in for a verified JWT inside oidc-provider's own endpoints. */
   private readonly handles = new Map<string, AdapterPayload>();
 
-  constructor(db: Db, audit?: StorageAudit) {
+  constructor(private readonly db: Db, audit?: StorageAudit) {
     // Through the adapter, so the record and its audit event share one transaction.
     this.store = new (createAdapter(db, audit))('AccessToken');
   }
@@ -67,15 +67,16 @@ export class JwtAccessTokenRegistry {
 
   /**
    * The stored record of one of our JWT access tokens, once its signature, issuer, type and expiry are
-   * verified; undefined for anything else (forged, foreign, expired, revoked, not a JWT).
+   * verified, and whether its grant is still stored (one query); undefined for anything else (forged,
+   * foreign, expired, revoked, not a JWT).
    */
-  async verifiedRecord(token: string, jwks: JSONWebKeySet, issuer: string): Promise<AdapterPayload | undefined> {
+  async verifiedRecordWithGrant(token: string, jwks: JSONWebKeySet, issuer: string): Promise<{ record: AdapterPayload; grantAlive: boolean } | undefined> {
     try {
       const { payload: { jti } } = await jwtVerify(token, localKeySet(jwks), { issuer, typ: 'at+jwt' });
-      const stored = typeof jti === 'string' ? await this.store.find(jti) : undefined;
-      if (stored?.format !== FORMAT) return undefined;
-      const { format: _format, ...record } = stored;
-      return record;
+      const found = typeof jti === 'string' ? await findWithGrant(this.db, 'AccessToken', jti) : undefined;
+      if (found?.payload.format !== FORMAT) return undefined;
+      const { format: _format, ...record } = found.payload;
+      return { record, grantAlive: found.grantAlive };
     } catch {
       return undefined;
     }

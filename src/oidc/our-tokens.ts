@@ -14,6 +14,8 @@ export interface FoundToken {
   record: TokenRecord;
   /** How the audit log names it: a JWT's jti, an opaque token's keyed pseudonym (never the value). */
   ref: string;
+  /** Whether its grant is still stored, when the lookup learnt it on the way (JWT records). */
+  grantAlive?: boolean;
 }
 
 export interface OurTokenDeps {
@@ -33,8 +35,8 @@ export function ourAccessTokens(deps: OurTokenDeps): (value: string) => Promise<
   const jwks = publicKeys(deps.jwks);
   return async (value) => {
     if (value.split('.').length === 3) {
-      const record = await deps.jwtAccessTokens.verifiedRecord(value, jwks as never, deps.issuer);
-      return record ? { record: record as TokenRecord, ref: String(record.jti) } : undefined;
+      const found = await deps.jwtAccessTokens.verifiedRecordWithGrant(value, jwks as never, deps.issuer);
+      return found ? { record: found.record as TokenRecord, ref: String(found.record.jti), grantAlive: found.grantAlive } : undefined;
     }
     // Opaque: a user's access token, or a client credentials token (stored as a model of its own).
     const token = await deps.provider.AccessToken.find(value) ?? await deps.provider.ClientCredentials.find(value);
