@@ -30,7 +30,7 @@ import { readRequired } from './keystore/files.ts';
 import { loadOrCreateTls, type TlsMaterial } from './keystore/pki.ts';
 import { clientCertificates, loadTrustAnchors, type TrustAnchors } from './mtls/index.ts';
 import { assertNotDev, loadOrCreateSecrets, type ServerSecrets } from './keystore/secrets.ts';
-import { loadOrCreateSigningKeys, providerJwks, signingKeysVersion } from './keystore/signing-keys.ts';
+import { loadOrCreateSigningKeys, nextKeyChange, providerJwks, signingKeysVersion } from './keystore/signing-keys.ts';
 import type { Logger } from './log.ts';
 import { sweepExpired } from './oidc/adapter.ts';
 import { JwtAccessTokenRegistry } from './oidc/jwt-access-tokens.ts';
@@ -258,14 +258,24 @@ export async function startServer(options: ServerOptions): Promise<RunningServer
     })],
   }).callback();
 
+  // The provider is rebuilt when the key file changes, and when its schedule says a key starts or
+  // stops signing (a rotation publishes new keys ahead of their use).
+  let keysChangeAt = nextKeyChange(keySet);
   const reloadKeys = async () => {
     const version = await signingKeysVersion(config.keysDir);
-    if (version === keysVersion) return false;
+    if (version === keysVersion) {
+      if (!keysChangeAt || Date.now() < keysChangeAt.getTime()) return false;
+      current = build();
+      keysChangeAt = nextKeyChange(keySet);
+      logger.info({ signing: current.publicJwks.keys.slice(0, 2).map((k) => k.kid) }, 'signing keys switched as scheduled');
+      return true;
+    }
     const reloaded = await loadOrCreateSigningKeys(config.keysDir, { allowGenerate: false });
     if (production) assertNotDev('signing keys', reloaded.dev);
     keySet = reloaded;
     current = build();
     keysVersion = version;
+    keysChangeAt = nextKeyChange(keySet);
     logger.info({ kids: keySet.keys.map((k) => k.kid) }, 'signing keys reloaded');
     return true;
   };

@@ -235,7 +235,7 @@ describe('admin CLI', { concurrency: true }, () => {
     assert.deepEqual(users.map((u) => u.username), ['dr.demo'], 'the invalid seed created nobody');
   });
 
-  test('keys rotate: a new ES256 key signs, the old one stays published', async (t) => {
+  test('keys rotate: a new ES256 key is published at once and signs two reload intervals later; the old one stays published', async (t) => {
     const ws = await workspace(t, { database: 'none' });
     failure(await ws.run(['keys', 'rotate']), 1, /no signing keys to rotate/);
 
@@ -243,17 +243,22 @@ describe('admin CLI', { concurrency: true }, () => {
     const rotated = result(await ws.run(['keys', 'rotate']));
     const after = await loadOrCreateSigningKeys(ws.dir, { allowGenerate: false });
 
-    const firstEs256 = (set: SigningKeySet) => providerJwks(set).keys.find((k) => k.alg === 'ES256')!.kid;
+    const firstEs256 = (set: SigningKeySet, at?: Date) => providerJwks(set, at).keys.find((k) => k.alg === 'ES256')!.kid;
     const oldKid = firstEs256(before);
-    const newKid = firstEs256(after);
+    // KEYS_RELOAD_INTERVAL 30 s: the new keys sign from 60 s on, so every server has them by then.
+    const activeFrom = Date.parse(rotated.activeFrom as string);
+    assert.ok(Math.abs(activeFrom - (Date.now() + 60_000)) < 30_000, 'activation two reload intervals ahead');
+    assert.equal(firstEs256(after), oldKid, 'until then the old key signs');
+    const newKid = firstEs256(after, new Date(activeFrom));
     assert.notEqual(newKid, oldKid);
     assert.ok((rotated.added as string[]).includes(newKid!));
+    assert.ok(providerJwks(after).keys.some((k) => k.kid === newKid), 'the new key is published before it signs');
     assert.deepEqual([...(rotated.retired as string[])].sort(), before.keys.map((k) => k.kid).sort());
     assert.deepEqual(rotated.removed, []);
-    const published = providerJwks(after).keys.map((k) => k.kid);
+    const published = providerJwks(after, new Date(activeFrom)).keys.map((k) => k.kid);
     assert.ok(published.includes(oldKid), 'the retired key is still published');
     const retireAfter = Date.parse(after.keys.find((k) => k.kid === oldKid)!.retireAfter!);
-    // The longest token a key may have signed (resource servers may allow up to 3600 s) + reload interval 30 s.
-    assert.ok(Math.abs(retireAfter - (Date.now() + 3_630_000)) < 30_000, 'retired for the longest token lifetime plus the reload interval');
+    // From activation: the longest token a key may have signed (resource servers may allow up to 3600 s) + reload interval 30 s.
+    assert.ok(Math.abs(retireAfter - (activeFrom + 3_630_000)) < 30_000, 'retired for the longest token lifetime plus the reload interval');
   });
 });

@@ -15,6 +15,7 @@ import { ensureDevClientCertificate, issueTestCertificate, loadOrCreateTls, type
 import { assertNotDev, loadOrCreateSecrets } from '../src/keystore/secrets.ts';
 import {
   loadOrCreateSigningKeys,
+  nextKeyChange,
   providerJwks,
   rotateSigningKeys,
   signingKeysVersion,
@@ -121,6 +122,39 @@ test('signing keys: validation names the bad field', async (t) => {
     name: 'KeyMaterialError',
     message: /keys\.1\.jwk\.kid/,
   });
+});
+
+test('publish ahead: new keys are published at once, sign from activeFrom; the old ones sign until then and stay published after', async (t) => {
+  const dir = await tempDir(t);
+  const initial = await loadOrCreateSigningKeys(dir, { allowGenerate: true });
+  const t0 = new Date();
+  const result = await rotateSigningKeys(dir, { publishAheadSeconds: 60, retireAfterSeconds: 600, now: t0 });
+  assert.equal(result.activeFrom, seconds(t0, 60).toISOString());
+  const set = await loadOrCreateSigningKeys(dir, { allowGenerate: false });
+  const es256At = (at: Date) => providerJwks(set, at).keys.find((k) => k.alg === 'ES256')!.kid;
+  const oldEs = initial.keys.find((k) => k.alg === 'ES256')!.kid;
+  const newEs = set.keys.find((k) => k.alg === 'ES256' && result.added.includes(k.kid))!.kid;
+
+  const before = providerJwks(set, seconds(t0, 59)).keys.map((k) => k.kid);
+  assert.equal(es256At(seconds(t0, 59)), oldEs, 'the old key signs until activeFrom');
+  assert.deepEqual([...before].sort(), [...initial.keys.map((k) => k.kid), ...result.added].sort(), 'the new keys are published already');
+  assert.equal(es256At(seconds(t0, 60)), newEs, 'the new key signs from activeFrom');
+  assert.ok(providerJwks(set, seconds(t0, 659)).keys.some((k) => k.kid === oldEs), 'the old key is published for retireAfterSeconds after activeFrom');
+  assert.ok(!providerJwks(set, seconds(t0, 660)).keys.some((k) => k.kid === oldEs), 'then dropped');
+  // The schedule, for servers to rebuild at the right moments.
+  assert.equal(nextKeyChange(set, t0)?.toISOString(), seconds(t0, 60).toISOString());
+  assert.equal(nextKeyChange(set, seconds(t0, 60))?.toISOString(), seconds(t0, 660).toISOString());
+  assert.equal(nextKeyChange(set, seconds(t0, 660)), undefined);
+
+  // Rotating again while keys are pending: the pending ones sign in between, nothing is ever without a signer.
+  const again = await rotateSigningKeys(dir, { publishAheadSeconds: 60, retireAfterSeconds: 600, now: seconds(t0, 30) });
+  assert.deepEqual([...again.retired].sort(), [...result.added].sort());
+  const twice = await loadOrCreateSigningKeys(dir, { allowGenerate: false });
+  const es256Twice = (at: Date) => providerJwks(twice, at).keys.find((k) => k.alg === 'ES256')!.kid;
+  assert.equal(es256Twice(seconds(t0, 59)), oldEs);
+  assert.equal(es256Twice(seconds(t0, 60)), newEs);
+  assert.equal(es256Twice(seconds(t0, 90)), twice.keys.find((k) => k.alg === 'ES256' && again.added.includes(k.kid))!.kid);
+  await assert.rejects(rotateSigningKeys(dir, { publishAheadSeconds: -1, retireAfterSeconds: 1 }), RangeError);
 });
 
 test('providerJwks: after rotation new keys sign first, old ones stay until retireAfter', async (t) => {

@@ -150,6 +150,24 @@ describe('running server', () => {
     });
     assert.equal(((await introspect.json()) as { active: boolean }).active, true, 'tokens signed by the retired key still verify');
   });
+
+  test('keys rotate, published ahead: the server publishes the new key at once and switches to it when it activates', async () => {
+    const kidOf = async () => decodeProtectedHeader(((await (await clientCredentials(ts)).json()) as { access_token: string }).access_token).kid;
+    const signing = await kidOf();
+    const rotated = await rotateSigningKeys(ts.keysDir, { retireAfterSeconds: 600, publishAheadSeconds: 3 });
+    assert.equal(await ts.server.reloadKeys(), true, 'the changed file is loaded');
+    const jwks = await (await ts.fetch(`${ts.issuer}/jwks`)).json() as { keys: { kid: string }[] };
+    assert.ok(rotated.added.every((kid) => jwks.keys.some((k) => k.kid === kid)), 'published before use');
+    if (Date.now() < Date.parse(rotated.activeFrom) - 1_000) {
+      assert.equal(await kidOf(), signing, 'still signing with the current key');
+      assert.equal(await ts.server.reloadKeys(), false, 'nothing to do before activation');
+    }
+    await new Promise((resolve) => setTimeout(resolve, Math.max(0, Date.parse(rotated.activeFrom) - Date.now() + 50)));
+    assert.equal(await ts.server.reloadKeys(), true, 'switched at activation, without a file change');
+    const switched = await kidOf();
+    assert.ok(switched && rotated.added.includes(switched), 'signs with the new key');
+    assert.equal(await ts.server.reloadKeys(), false);
+  });
 });
 
 describe('database outage while running', { skip: process.env.DATABASE_URL ? false : 'needs PostgreSQL (DATABASE_URL): the embedded database cannot go away' }, () => {

@@ -395,7 +395,7 @@ describe('scale-out: three processes, one system', { skip: !process.env.DATABASE
     const oldKid = jose.decodeProtectedHeader(oldToken).kid;
     assert.ok(oldKid && initial.includes(oldKid));
 
-    const rotated = result(await runCli(cluster.env, ['keys', 'rotate'])) as { added: string[]; retired: string[]; removed: string[] };
+    const rotated = result(await runCli(cluster.env, ['keys', 'rotate'])) as { added: string[]; retired: string[]; removed: string[]; activeFrom: string };
     assert.equal(rotated.added.length, 2);
     assert.deepEqual([...rotated.retired].sort(), [...initial].sort());
     assert.deepEqual(rotated.removed, []);
@@ -416,9 +416,25 @@ describe('scale-out: three processes, one system', { skip: !process.env.DATABASE
     }
 
     const newEs256 = (await jwksAt(A)).keys.find((k) => rotated.added.includes(k.kid!) && k.alg === 'ES256')!.kid;
+    // Published ahead: the new key signs only from activeFrom (2 x KEYS_RELOAD_INTERVAL after the
+    // rotation), when every process has long published it.
+    const activeFrom = Date.parse(rotated.activeFrom);
+    if (Date.now() < activeFrom - 500) {
+      for (const node of [A, B, C]) {
+        const kid = jose.decodeProtectedHeader(String(ok(await clientCredentials(node)).access_token)).kid;
+        if (Date.now() < activeFrom) assert.equal(kid, oldKid, `process ${NAMES[node]} still signs with the old key before activeFrom`);
+      }
+    }
+    // Each process switches at its first key check after activeFrom (every KEYS_RELOAD_INTERVAL).
+    // Few requests: the service's token budget (RATE_LIMIT_CLIENT_POINTS) is small in this cluster.
+    await new Promise((resolve) => setTimeout(resolve, Math.max(0, activeFrom + KEYS_RELOAD_SECONDS * 1000 + 300 - Date.now())));
     for (const node of [A, B, C]) {
-      const token = String(ok(await clientCredentials(node)).access_token);
-      assert.equal(jose.decodeProtectedHeader(token).kid, newEs256, `process ${NAMES[node]} signs with the new key`);
+      let token = String(ok(await clientCredentials(node)).access_token);
+      for (let attempt = 0; attempt < 4 && jose.decodeProtectedHeader(token).kid !== newEs256; attempt += 1) {
+        await new Promise((resolve) => setTimeout(resolve, 500));
+        token = String(ok(await clientCredentials(node)).access_token);
+      }
+      assert.equal(jose.decodeProtectedHeader(token).kid, newEs256, `process ${NAMES[node]} signs with the new key after activeFrom`);
       const verifier = (node + 1) % 3;
       const { payload } = await jose.jwtVerify(token, jose.createLocalJWKSet(await jwksAt(verifier)), { issuer: cluster.issuer, typ: 'at+jwt', audience: FHIR });
       assert.equal(payload.client_id, SERVICE.client_id, `verified with ${NAMES[verifier]}'s JWKS`);

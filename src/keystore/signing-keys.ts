@@ -1,5 +1,6 @@
-// Token signing keys in <dir>/signing-keys.json, with rotation that keeps retired keys published
-// until every token they signed has expired.
+// Token signing keys in <dir>/signing-keys.json, with rotation that publishes new keys before they
+// sign (every process and every resource server's JWKS cache knows a key before any token carries it)
+// and keeps retired keys published until every token they signed has expired.
 import { createHash, createPrivateKey } from 'node:crypto';
 import path from 'node:path';
 import { calculateJwkThumbprint, exportJWK, generateKeyPair, type JWK } from 'jose';
@@ -20,7 +21,11 @@ export interface StoredSigningKey {
   kid: string;
   alg: SigningAlg;
   createdAt: string;
-  /** Set when the key is retired: no longer used to sign, published for verification until then. */
+  /** Signs from then on; before, it is only published (set by a rotation that publishes ahead). */
+  activeFrom?: string;
+  /** Signs until then (set by the rotation that replaces it); without it, a retired key no longer signs. */
+  signsUntil?: string;
+  /** Set when the key is retired: published for verification until then, then dropped. */
   retireAfter?: string;
   /** Private JWK including kid, alg and use: 'sig'. */
   jwk: JWK;
@@ -58,7 +63,10 @@ const JwkSchema = z.object({
 });
 
 const StoredKeySchema = z
-  .object({ kid: z.string().min(1), alg: AlgSchema, createdAt: isoDate, retireAfter: isoDate.optional(), jwk: JwkSchema })
+  .object({
+    kid: z.string().min(1), alg: AlgSchema, createdAt: isoDate, activeFrom: isoDate.optional(), signsUntil: isoDate.optional(),
+    retireAfter: isoDate.optional(), jwk: JwkSchema,
+  })
   .refine((k) => k.jwk.kid === k.kid, { message: 'jwk.kid must equal kid', path: ['jwk', 'kid'] })
   .refine((k) => k.jwk.alg === k.alg, { message: 'jwk.alg must equal alg', path: ['jwk', 'alg'] });
 
@@ -80,46 +88,73 @@ export async function loadOrCreateSigningKeys(dir: string, opts: { allowGenerate
   return readSigningKeys(file);
 }
 
-/**
- * Private JWKs for oidc-provider's `jwks` option. oidc-provider signs with the first key of each alg,
- * so active keys come first (newest first), then retired keys still inside their window (verification only).
- */
-export function providerJwks(set: SigningKeySet, now = new Date()): { keys: JWK[] } {
-  const live = set.keys.filter((k) => !isExpired(k, now));
-  const active = newestFirst(live.filter((k) => k.retireAfter === undefined));
-  const retired = newestFirst(live.filter((k) => k.retireAfter !== undefined));
-  if (!active.some((k) => k.alg === 'ES256')) {
-    throw new KeyMaterialError('no active ES256 signing key: rotate the signing keys');
-  }
-  // Copies, so that nothing downstream can mutate the loaded key set.
-  return { keys: [...active, ...retired].map((k) => structuredClone(k.jwk)) };
+/** Does the key sign at `now` (rather than only being published, or being gone)? */
+export function signsAt(key: StoredSigningKey, now: Date): boolean {
+  const t = now.getTime();
+  if (isExpired(key, now) || (key.activeFrom !== undefined && Date.parse(key.activeFrom) > t)) return false;
+  if (key.signsUntil !== undefined) return t < Date.parse(key.signsUntil);
+  return key.retireAfter === undefined;
 }
 
 /**
- * Adds a fresh ES256 and RS256 key, retires the previously active keys (published for
- * `retireAfterSeconds` more) and drops retired keys whose window has passed.
+ * Private JWKs for oidc-provider's `jwks` option. oidc-provider signs with the first key of each alg,
+ * so signing keys come first (newest first), then keys published ahead of their activation, then
+ * retired keys still inside their window (verification only).
+ */
+export function providerJwks(set: SigningKeySet, now = new Date()): { keys: JWK[] } {
+  const live = set.keys.filter((k) => !isExpired(k, now));
+  const signing = newestFirst(live.filter((k) => signsAt(k, now)));
+  const pending = newestFirst(live.filter((k) => k.activeFrom !== undefined && Date.parse(k.activeFrom) > now.getTime()));
+  const retired = newestFirst(live.filter((k) => !signing.includes(k) && !pending.includes(k)));
+  if (!signing.some((k) => k.alg === 'ES256')) {
+    throw new KeyMaterialError('no active ES256 signing key: rotate the signing keys');
+  }
+  // Copies, so that nothing downstream can mutate the loaded key set.
+  return { keys: [...signing, ...pending, ...retired].map((k) => structuredClone(k.jwk)) };
+}
+
+/** The next instant after `now` at which providerJwks(set) changes (a key starts or stops signing, or goes). */
+export function nextKeyChange(set: SigningKeySet, now = new Date()): Date | undefined {
+  const times = set.keys
+    .flatMap((k) => [k.activeFrom, k.signsUntil, k.retireAfter])
+    .filter((v): v is string => v !== undefined)
+    .map((v) => Date.parse(v))
+    .filter((t) => t > now.getTime());
+  return times.length ? new Date(Math.min(...times)) : undefined;
+}
+
+/**
+ * Adds a fresh ES256 and RS256 key that start signing `publishAheadSeconds` from now (published at
+ * once), retires the keys that sign now or would have (they sign until the new keys start, then stay
+ * published for `retireAfterSeconds` more) and drops retired keys whose window has passed.
  * Not safe against two concurrent rotations (last writer wins); run it from one operator CLI.
  */
 export async function rotateSigningKeys(
   dir: string,
-  opts: { retireAfterSeconds: number; now?: Date },
-): Promise<{ added: string[]; retired: string[]; removed: string[] }> {
-  if (!Number.isFinite(opts.retireAfterSeconds) || opts.retireAfterSeconds < 0) {
-    throw new RangeError('retireAfterSeconds must be a non-negative number');
+  opts: { retireAfterSeconds: number; publishAheadSeconds?: number; now?: Date },
+): Promise<{ added: string[]; retired: string[]; removed: string[]; activeFrom: string }> {
+  const ahead = opts.publishAheadSeconds ?? 0;
+  for (const [name, value] of [['retireAfterSeconds', opts.retireAfterSeconds], ['publishAheadSeconds', ahead]] as const) {
+    if (!Number.isFinite(value) || value < 0) throw new RangeError(`${name} must be a non-negative number`);
   }
   const file = path.join(dir, SIGNING_KEYS_FILE);
   const now = opts.now ?? new Date();
   const current = await readSigningKeys(file);
-  const retireAfter = new Date(now.getTime() + opts.retireAfterSeconds * 1000).toISOString();
+  const activeFrom = new Date(now.getTime() + ahead * 1000);
+  const retireAfter = new Date(activeFrom.getTime() + opts.retireAfterSeconds * 1000).toISOString();
 
-  const added = [await generateKey('ES256', now), await generateKey('RS256', now)];
+  const added = await Promise.all((['ES256', 'RS256'] as const).map(async (alg) => {
+    const key = await generateKey(alg, now);
+    return ahead > 0 ? { ...key, activeFrom: activeFrom.toISOString() } : key;
+  }));
   const retired: string[] = [];
   const removed: string[] = [];
   const kept: StoredSigningKey[] = [];
   for (const key of current.keys) {
     if (key.retireAfter === undefined) {
+      // Signing now, or published ahead by an earlier rotation: signs until the new keys take over.
       retired.push(key.kid);
-      kept.push({ ...key, retireAfter });
+      kept.push({ ...key, signsUntil: activeFrom.toISOString(), retireAfter });
     } else if (isExpired(key, now)) {
       removed.push(key.kid);
     } else {
@@ -127,7 +162,7 @@ export async function rotateSigningKeys(
     }
   }
   await writeFileAtomic(file, serialize({ dev: current.dev, keys: [...added, ...kept] }));
-  return { added: added.map((k) => k.kid), retired, removed };
+  return { added: added.map((k) => k.kid), retired, removed, activeFrom: activeFrom.toISOString() };
 }
 
 /** Fingerprint of the key file, polled by running servers to pick up a rotation done by the CLI. */
