@@ -235,6 +235,11 @@ describe('scale-out: three processes, one system', { skip: !process.env.DATABASE
     // which revokes the grant: C records that revocation and the refusal.
     const atC = await auditTypesFor(replay.requestId);
     assert.ok(atC.includes('grant.revoked') && atC.includes('token.request_refused'), `C recorded the revocation and the refusal: ${atC.join()}`);
+    assert.ok(atC.includes('code.replayed'), `C recorded the replay itself: ${atC.join()}`);
+    const { rows: replayed } = await cluster.testDb.db.query<{ severity: string; outcome: string }>(
+      "SELECT severity, outcome FROM audit_events WHERE type = 'code.replayed' AND request_id = $1", [replay.requestId],
+    );
+    assert.deepEqual(replayed, [{ severity: 'high', outcome: 'denied' }]);
   });
 
   test('codes: the same code redeemed at B and C at the same moment is issued once, and the loser revokes it', async () => {

@@ -187,7 +187,11 @@ class PayloadAdapter implements Adapter {
       `SELECT payload, consumed_at FROM oidc_payloads WHERE model = $1 AND id = $2 AND ${NOT_EXPIRED}`,
       [this.model, id],
     );
-    return withConsumed(rows[0]);
+    const row = rows[0];
+    // A spent code looked up again is a redemption attempt (codes are only ever looked up to be
+    // redeemed): oidc-provider refuses it and revokes the grant; the attempt itself is recorded here.
+    if (row?.consumed_at && this.model === 'AuthorizationCode') await this.auditor?.replayed(this.db, this.model, id, row.payload);
+    return withConsumed(row);
   }
 
   async findByUid(uid: string): Promise<AdapterPayload | undefined> {
